@@ -1,0 +1,171 @@
+"""Config -> objects. The only module that reads the Hydra config; everything below takes plain objects."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from alttrain.config import validate_config
+from alttrain.errors import AltTrainError, ConfigError
+from alttrain.network import Network, build_network
+from alttrain.objectives import GANPair
+from alttrain.phases import Phase
+from alttrain.precision import Precision
+
+# Model arguments that may be set to `auto` and are then filled from the data's sample shape.
+AUTO_FROM_SHAPE = {
+    "image_size": lambda shape: shape[-1],
+    "channels": lambda shape: shape[0],
+    "in_dim": lambda shape: int(np.prod(shape)),
+    "out_dim": lambda shape: int(np.prod(shape)),
+    "sample_shape": lambda shape: list(shape),
+}
+
+
+@dataclass
+class Components:
+    """Everything a run is made of, before callbacks are attached."""
+
+    data: Any                      # alttrain.data.DataSource
+    generator: Network
+    discriminator: Network
+    phases: list[Phase]
+    gan: GANPair
+    precision: Precision
+    device: torch.device
+
+    @property
+    def networks(self) -> list[Network]:
+        return [self.generator, self.discriminator]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
+    return device
+
+
+def instantiate_node(key: str, node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with failures turned into one readable line naming ``key``."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, AltTrainError):
+            raise cause from None
+        raise ConfigError(f"cannot build {key} ({node.get('_target_')}): {cause or exc}") from None
+    except AltTrainError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot build {key} ({node.get('_target_')}): {exc}") from None
+
+
+def build_model(key: str, node: DictConfig, sample_shape: tuple[int, ...]) -> torch.nn.Module:
+    """Instantiate a model node, filling ``auto`` arguments from the data's sample shape."""
+    fills = {}
+    for arg, value in node.items():
+        if value == "auto":
+            if arg not in AUTO_FROM_SHAPE:
+                raise ConfigError(f"{key}.{arg}=auto is not supported; only {', '.join(AUTO_FROM_SHAPE)} can be auto")
+            fills[arg] = AUTO_FROM_SHAPE[arg](sample_shape)
+    module = instantiate_node(key, node, **fills)
+    if not isinstance(module, torch.nn.Module):
+        raise ConfigError(f"{key} must build a torch.nn.Module, got {type(module).__name__}")
+    return module
+
+
+def check_shapes(generator: torch.nn.Module, discriminator: torch.nn.Module, sample_shape: tuple[int, ...]) -> int:
+    """Run both models once on a tiny batch; a model that cannot take the data's shape fails here."""
+    latent_dim = getattr(generator, "latent_dim", None)
+    if not isinstance(latent_dim, int):
+        raise ConfigError("model.generator must expose an integer attribute latent_dim (the size of z)")
+    was_training = generator.training, discriminator.training
+    generator.eval(), discriminator.eval()  # eval: no buffer updates from this probe
+    try:
+        with torch.no_grad():
+            fake = generator(torch.zeros(2, latent_dim))
+            if tuple(fake.shape[1:]) != tuple(sample_shape):
+                raise ConfigError(f"the generator makes samples of shape {tuple(fake.shape[1:])} but the data's are "
+                                  f"{tuple(sample_shape)}; set the model's size arguments to auto or match data")
+            logits = discriminator(fake)
+    except ConfigError:
+        raise
+    except RuntimeError as exc:
+        raise ConfigError(f"the model cannot take the data's shape {tuple(sample_shape)}: "
+                          f"{str(exc).splitlines()[0]}") from None
+    finally:
+        generator.train(was_training[0]), discriminator.train(was_training[1])
+    if logits.shape not in ((2,), (2, 1)):
+        raise ConfigError(f"the discriminator must return one logit per sample, shape (B,), got {tuple(logits.shape)}")
+    return latent_dim
+
+
+def build_phases(cfg: DictConfig, networks: dict[str, Network], terms: dict[str, Any]) -> list[Phase]:
+    phases = []
+    for name, spec in cfg.trainer.phases.items():
+        groups = spec.get("groups")
+        phases.append(Phase(
+            name=name, network=networks[spec.network], loss=terms[spec.loss],
+            groups=None if groups is None else tuple(groups), repeat=spec.get("repeat", 1),
+            every=spec.get("every", 1), accumulate=spec.get("accumulate", 1), weight=float(spec.get("weight", 1.0)),
+        ))
+    return phases
+
+
+def build_components(cfg: DictConfig) -> Components:
+    """Validate ``cfg`` and build data, models, param groups, optimizers, loss terms and phases."""
+    validate_config(cfg)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    data = instantiate_node("data", cfg.data)
+    generator = build_model("model.generator", cfg.model.generator, data.sample_shape)
+    discriminator = build_model("model.discriminator", cfg.model.discriminator, data.sample_shape)
+    latent_dim = check_shapes(generator, discriminator, data.sample_shape)
+    generator.to(device), discriminator.to(device)
+    networks = {}
+    for name, module in (("generator", generator), ("discriminator", discriminator)):
+        optim_cfg = cfg.optim[name]
+        factory = instantiate_node(f"optim.{name}.optimizer", optim_cfg.optimizer)
+        groups = OmegaConf.to_container(optim_cfg.param_groups, resolve=True)
+        networks[name] = build_network(name, module, groups, factory)
+    terms = {key: instantiate_node(f"loss.{key}", node) for key, node in cfg.loss.items()}
+    phases = build_phases(cfg, networks, terms)
+    gan = GANPair(generator, discriminator, latent_dim, data.batch_size, device)
+    precision = Precision(cfg.trainer.precision, device)
+    return Components(data, networks["generator"], networks["discriminator"], phases, gan, precision, device)
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The run's hyper-parameters as a flat dict of scalars, for TensorBoard's HParams view."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: dict) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}{key}.", value)
+            else:
+                out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    walk("", container)
+    return out

@@ -1,0 +1,1 @@
+"""Trainer callbacks: logging, samples, checkpoints, metrics, progress."""

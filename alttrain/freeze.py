@@ -1,0 +1,84 @@
+"""Freezing, switched per phase: one network's active groups train, everything else stands still.
+
+``FreezePlan`` is computed once per phase (the parameter lists are cached), and each
+``with plan():`` opens its own frame that records every flag it touches and restores it on exit,
+even when the body raises. Frames keep their own saved state, so nesting works (Lightning's
+``toggle_optimizer`` keeps one slot and cannot nest).
+
+Parameters the user froze (``requires_grad=False`` before the groups were built, or a
+``frozen: true`` group) are never switched on: they are in no plan's ``enable`` list.
+
+Idle networks may still run forward (G makes fakes in the D phase; D scores fakes in the G
+phase). Forward passes in training mode update buffers (BatchNorm running statistics, spectral
+norm's power-iteration vector), so the buffers of idle networks are snapshotted on entry and
+copied back on exit: the idle network leaves the phase bit-identical.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from alttrain.network import Network
+
+
+class FreezePlan:
+    """What one phase trains: ``active`` network, restricted to ``groups`` (``None``: all non-frozen)."""
+
+    def __init__(self, networks: Sequence[Network], active: Network, groups: Sequence[str] | None = None):
+        self.active = active
+        self.groups = None if groups is None else tuple(groups)
+        self.enable = active.active_params(self.groups)
+        enabled = {id(p) for p in self.enable}
+        # Every parameter of every managed network that is not enabled is switched off, the active
+        # network's inactive and frozen groups included.
+        self.disable = [p for net in networks for p in net.all_params if id(p) not in enabled]
+        self.idle_networks = [net for net in networks if net is not active]
+        self.idle_buffers = [b for net in self.idle_networks for b in net.buffers]
+        self._snapshots = [torch.empty_like(b) for b in self.idle_buffers]
+        self._depth = 0  # buffer snapshots are taken by the outermost frame only
+
+    def __call__(self) -> "_FreezeFrame":
+        return _FreezeFrame(self)
+
+    @property
+    def idle_params(self) -> list[torch.nn.Parameter]:
+        return self.disable
+
+
+class _FreezeFrame:
+    """One entry into a plan; owns the flags it saved, so frames nest in any order."""
+
+    __slots__ = ("plan", "saved_on", "saved_off", "owns_buffers")
+
+    def __init__(self, plan: FreezePlan):
+        self.plan = plan
+
+    def __enter__(self) -> FreezePlan:
+        plan = self.plan
+        self.saved_on = [p.requires_grad for p in plan.enable]
+        self.saved_off = [p.requires_grad for p in plan.disable]
+        for p in plan.enable:
+            p.requires_grad_(True)
+        for p in plan.disable:
+            p.requires_grad_(False)
+        self.owns_buffers = plan._depth == 0
+        plan._depth += 1
+        if self.owns_buffers:
+            with torch.no_grad():
+                for snap, buf in zip(plan._snapshots, plan.idle_buffers):
+                    snap.copy_(buf)
+        return plan
+
+    def __exit__(self, *exc_info) -> None:
+        plan = self.plan
+        plan._depth -= 1
+        if self.owns_buffers:
+            with torch.no_grad():
+                for snap, buf in zip(plan._snapshots, plan.idle_buffers):
+                    buf.copy_(snap)
+        for p, flag in zip(plan.enable, self.saved_on):
+            p.requires_grad_(flag)
+        for p, flag in zip(plan.disable, self.saved_off):
+            p.requires_grad_(flag)

@@ -1,0 +1,215 @@
+"""The phase loop. It trains, counts and reports; it never touches files or TensorBoard.
+
+One *step* is one pass over the schedule (``Phase.is_due``). Every due phase, ``repeat`` times:
+
+1. enter the phase's freeze plan: its network's active groups trainable, everything else not,
+   idle buffers snapshotted;
+2. zero that network's gradients (``set_to_none``), run ``accumulate`` micro-batches of
+   forward + backward;
+3. check the loss and gradients are finite (``on_nan``), step that network's optimizer only,
+   set its gradients to ``None`` again (idle parameters never carry a stale ``.grad``);
+4. leave the plan: flags and idle buffers restored; report a :class:`PhaseResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from alttrain.audit import IdleAudit
+from alttrain.callbacks.base import Callback, CallbackList, PhaseResult
+from alttrain.errors import ConfigError, NonFiniteError
+from alttrain.freeze import FreezePlan
+from alttrain.network import Network
+from alttrain.objectives import GANPair
+from alttrain.phases import Phase, validate_schedule
+from alttrain.precision import Precision
+
+ON_NAN = ("raise", "skip")
+
+
+@dataclass
+class TrainState:
+    """Counters that a checkpoint must carry for an exact resume."""
+
+    step: int = 0                                             # completed schedule passes
+    phase_updates: dict[str, int] = field(default_factory=dict)  # optimizer updates per phase
+    samples: int = 0                                          # real samples drawn by this process
+    skipped: dict[str, int] = field(default_factory=dict)     # non-finite updates discarded per phase
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "phase_updates": dict(self.phase_updates), "samples": self.samples,
+                "skipped": dict(self.skipped)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.samples = int(state["step"]), int(state["samples"])
+        self.phase_updates = {k: int(v) for k, v in state["phase_updates"].items()}
+        self.skipped = {k: int(v) for k, v in state.get("skipped", {}).items()}
+
+
+class Trainer:
+    """Alternating training of ``networks`` by a schedule of ``phases``.
+
+    ``stream`` yields real batches (an iterator with ``state_dict``); ``gan`` is what loss terms
+    see. ``log_every`` says on which steps per-group gradient norms are computed for callbacks.
+    """
+
+    def __init__(self, networks: Sequence[Network], phases: Sequence[Phase], gan: GANPair, stream: Iterator,
+                 max_steps: int, callbacks: Sequence[Callback] = (), on_nan: str = "raise", audit: bool = False,
+                 log_every: int = 0, precision: Precision | None = None, ema=None):
+        if on_nan not in ON_NAN:
+            raise ConfigError(f"trainer.on_nan must be one of {', '.join(ON_NAN)}, got {on_nan!r}")
+        validate_schedule(phases, networks)
+        self.networks, self.phases, self.gan, self.stream = list(networks), list(phases), gan, stream
+        self.max_steps, self.on_nan, self.audit, self.log_every = max_steps, on_nan, audit, log_every
+        self.precision = precision or Precision("32")
+        self.ema = ema
+        self.callbacks = CallbackList(callbacks)
+        self.plans = {p.name: FreezePlan(self.networks, p.network, p.groups) for p in self.phases}
+        self.state = TrainState(phase_updates={p.name: 0 for p in self.phases},
+                                skipped={p.name: 0 for p in self.phases})
+        self.should_stop = False
+
+    def network(self, name: str) -> Network:
+        return next(n for n in self.networks if n.name == name)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def fit(self) -> TrainState:
+        self.callbacks.on_train_start(self)
+        try:
+            while self.state.step < self.max_steps and not self.should_stop:
+                self.train_step()
+        except BaseException as exc:
+            self.callbacks.on_exception(self, exc)
+            raise
+        self.callbacks.on_train_end(self)
+        return self.state
+
+    def train_step(self) -> None:
+        step = self.state.step
+        for phase in self.phases:
+            if phase.is_due(step):
+                for _ in range(phase.repeat):
+                    self.callbacks.on_phase_end(self, self._update(phase, step))
+        self.state.step = step + 1
+        self.callbacks.on_step_end(self)
+
+    def _update(self, phase: Phase, step: int) -> PhaseResult:
+        net, plan = phase.network, self.plans[phase.name]
+        audit = IdleAudit(plan, self.networks, phase.name) if self.audit else None
+        with plan():
+            net.optimizer.zero_grad(set_to_none=True)
+            loss, scalars = self._forward_backward(phase)
+            finite = self._check_finite(phase, step, loss)
+            if self.log_every and step % self.log_every == 0:
+                scalars.update(self._grad_norms(phase))
+            if finite:
+                self.precision.step(net)
+                self.state.phase_updates[phase.name] += 1
+                if self.ema is not None and net.module is self.ema.source:
+                    self.ema.update(self.state.samples)
+            else:
+                self.state.skipped[phase.name] += 1
+            net.optimizer.zero_grad(set_to_none=True)
+        if audit is not None:
+            audit.verify()
+        return PhaseResult(phase, step, loss, scalars, skipped=not finite)
+
+    def _forward_backward(self, phase: Phase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Sum gradients over ``accumulate`` micro-batches; returns the mean loss (detached)."""
+        total, scalars = None, {}
+        for micro in range(phase.accumulate):
+            real = self._next_real() if phase.loss.needs_real else None
+            with self._sync_context(phase, last=micro == phase.accumulate - 1), self.precision.autocast():
+                loss, scalars = phase.loss(self.gan, real)
+            self.precision.backward(phase.network, loss * (phase.weight / phase.accumulate))
+            total = loss.detach() if total is None else total + loss.detach()
+        return total / phase.accumulate if phase.accumulate > 1 else total, scalars
+
+    def _next_real(self) -> torch.Tensor:
+        real = next(self.stream)
+        self.state.samples += real.shape[0]
+        return real.to(self.gan.device, non_blocking=True)
+
+    def _sync_context(self, phase: Phase, last: bool):
+        """Under DDP, all-reduce gradients only on the last micro-batch of an update."""
+        module = phase.network.module
+        if not last and hasattr(module, "no_sync"):
+            return module.no_sync()
+        return contextlib.nullcontext()
+
+    def _check_finite(self, phase: Phase, step: int, loss: torch.Tensor) -> bool:
+        grads = [p.grad for p in self.plans[phase.name].enable if p.grad is not None]
+        norms = torch._foreach_norm(grads) if grads else []
+        # One host sync for loss and all gradients together.
+        bad = not bool(torch.isfinite(torch.stack([loss.float(), *[n.float() for n in norms]])).all())
+        if not bad or self.precision.handles_overflow:
+            return True  # with a GradScaler, overflow is its business: it skips and backs off
+        if self.on_nan == "skip":
+            return False
+        what = f"loss {loss.item()}" if not torch.isfinite(loss) else "a gradient"
+        raise NonFiniteError(f"non-finite {what} in phase '{phase.name}' at step {step}; nothing was saved "
+                             "from this step. Lower the learning rate, or set trainer.on_nan=skip")
+
+    def _grad_norms(self, phase: Phase) -> dict[str, torch.Tensor]:
+        net, out = phase.network, {}
+        active = set(phase.groups) if phase.groups is not None else None
+        for group in net.trainable_groups:
+            if active is not None and group.name not in active:
+                continue
+            grads = [p.grad for p in group.params if p.grad is not None]
+            if grads:
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                out[f"grad_norm/{net.name}/{group.name}"] = self.precision.unscaled_norm(net, norm)
+        return out
+
+    # -- checkpointed state -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-exactly, except RNG states (the checkpointer adds them)."""
+        state = {
+            "trainer": self.state.state_dict(),
+            "models": {n.name: _unwrap(n.module).state_dict() for n in self.networks},
+            "optimizers": {n.name: n.optimizer.state_dict() for n in self.networks},
+            "data": self.stream.state_dict(),
+            "precision": self.precision.state_dict(),
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "module", module)
+
+
+def load_trainer_state(trainer: Trainer, state: dict[str, Any]) -> None:
+    """Restore what :meth:`Trainer.state_dict` saved (models first, so a shape mismatch is named early)."""
+    from alttrain.checkpoint import load_into
+    from alttrain.errors import CheckpointError
+
+    for net in trainer.networks:
+        load_into(_unwrap(net.module), state["models"][net.name], net.name)
+    for net in trainer.networks:
+        try:
+            net.optimizer.load_state_dict(state["optimizers"][net.name])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"the checkpoint's {net.name} optimizer does not fit this run's param groups "
+                                  f"({exc}); resume with the same optim.{net.name}.param_groups") from None
+    trainer.stream.load_state_dict(state["data"])
+    trainer.precision.load_state_dict(state.get("precision", {}))
+    if trainer.ema is not None:
+        if "ema" not in state:
+            raise CheckpointError("this run has an EMA generator but the checkpoint holds none; "
+                                  "resume with the original trainer.ema settings")
+        trainer.ema.load_state_dict(state["ema"])
+    saved = TrainState()
+    saved.load_state_dict(state["trainer"])
+    # Phases added on resume start their counters at zero.
+    saved.phase_updates = {p.name: saved.phase_updates.get(p.name, 0) for p in trainer.phases}
+    saved.skipped = {p.name: saved.skipped.get(p.name, 0) for p in trainer.phases}
+    trainer.state = saved

@@ -1,0 +1,27 @@
+"""Shared test set-up: paths, a Hydra composer, and one torch thread per test process."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SCRIPTS = ROOT / "scripts"
+
+# pytest-xdist runs one process per core: more threads per process would only contend.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+def compose_config(*overrides: str):
+    """The config scripts/train.py would see for these command-line overrides."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.fixture
+def compose_cfg():
+    return compose_config
