@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 from alttrain.config import validate_config
 from alttrain.errors import AltTrainError, ConfigError
 from alttrain.network import Network, build_network
-from alttrain.objectives import GANPair
+from alttrain.objectives import GANPair, R1Penalty
 from alttrain.phases import Phase
 from alttrain.precision import Precision
+
+log = logging.getLogger("alttrain")
 
 # Model arguments that may be set to `auto` and are then filled from the data's sample shape.
 AUTO_FROM_SHAPE = {
@@ -131,6 +134,16 @@ def build_phases(cfg: DictConfig, networks: dict[str, Network], terms: dict[str,
     return phases
 
 
+def warn_penalty_with_batchnorm(phases: list[Phase], discriminator: torch.nn.Module) -> None:
+    """Input-gradient penalties assume samples are scored independently; BatchNorm mixes them."""
+    penalised = [p.name for p in phases if getattr(p.loss, "gp_weight", 0) > 0 or isinstance(p.loss, R1Penalty)]
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in discriminator.modules())
+    if penalised and has_bn:
+        log.warning("phase %s applies a gradient penalty to a discriminator with BatchNorm, which mixes samples "
+                    "and makes per-sample input gradients meaningless; set model.discriminator.norm=spectral or none",
+                    ", ".join(penalised))
+
+
 def build_components(cfg: DictConfig) -> Components:
     """Validate ``cfg`` and build data, models, param groups, optimizers, loss terms and phases."""
     validate_config(cfg)
@@ -149,6 +162,7 @@ def build_components(cfg: DictConfig) -> Components:
         networks[name] = build_network(name, module, groups, factory)
     terms = {key: instantiate_node(f"loss.{key}", node) for key, node in cfg.loss.items()}
     phases = build_phases(cfg, networks, terms)
+    warn_penalty_with_batchnorm(phases, discriminator)
     gan = GANPair(generator, discriminator, latent_dim, data.batch_size, device)
     precision = Precision(cfg.trainer.precision, device)
     return Components(data, networks["generator"], networks["discriminator"], phases, gan, precision, device)

@@ -109,7 +109,7 @@ def save(net: DigitsClassifier, test_accuracy: float, seed: int, epochs: int, ou
         "test_split": f"sklearn load_digits, last {TEST_SIZE} images",
         "seed": seed,
         "epochs": epochs,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # a TorchVersion would not load under weights_only
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": net.state_dict(), "meta": meta}, out)

@@ -26,12 +26,11 @@ ARCH_KEYS = ("input_size", "channels1", "channels2", "num_features", "num_classe
 class DigitsClassifier(nn.Module):
     """Two conv blocks, a feature layer and a linear head; outputs logits.
 
-    ``dropout`` acts only while training (the shipped weights were trained with it), so it is not
-    needed to rebuild the network for scoring.
-
     Input is ``(B, 1, H, W)`` in [-1, 1] at any H, W: it is resized (bilinear, antialiased) to
     ``input_size`` square first, so generators of any resolution are scored by the same network.
     ``num_features`` is the width of :meth:`features` (torchmetrics reads this attribute).
+    ``dropout`` acts only while training (the shipped weights were trained with 0.3), so scoring
+    does not need it to rebuild the network.
     """
 
     def __init__(
@@ -45,7 +44,9 @@ class DigitsClassifier(nn.Module):
     ) -> None:
         super().__init__()
         if input_size % 4:
-            raise ConfigError(f"DigitsClassifier input_size must be a multiple of 4 (two 2x poolings), got {input_size}")
+            raise ConfigError(
+                f"DigitsClassifier input_size must be a multiple of 4 (two 2x poolings), got {input_size}"
+            )
         self.input_size = input_size
         self.channels1 = channels1
         self.channels2 = channels2

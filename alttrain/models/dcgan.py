@@ -6,6 +6,10 @@ doublings the widths are ``base_width · 2^j`` (widest at 4×4), exactly as in p
 64×64. Weights start from N(0, 0.02), BatchNorm scales from N(1, 0.02), biases at 0 (the paper's
 initialisation). Convolutions followed by BatchNorm have no bias: BatchNorm's shift replaces it.
 
+The default ``base_width=16`` (widths 16/32/64 at 32×32) is sized for small grey-scale data such as
+digits on a CPU: an alternating D+G step at batch 64 takes about 50 ms on 2 cores, against about
+115 ms at 32 and 300+ ms at the paper's 64, which suits 64×64 colour images on a GPU.
+
 Parameter names (what param-group patterns match)::
 
     DCGANGenerator                             DCGANDiscriminator
@@ -97,7 +101,7 @@ class DCGANGenerator(nn.Module):
     """
 
     def __init__(self, latent_dim: int = 64, image_size: int = 32, channels: int = 1,
-                 base_width: int = 64, norm: str = "batch"):
+                 base_width: int = 16, norm: str = "batch"):
         super().__init__()
         owner = type(self).__name__
         self.latent_dim = _positive_int(owner, "latent_dim", latent_dim)
@@ -136,7 +140,7 @@ class DCGANDiscriminator(nn.Module):
     gradient penalty, which BatchNorm invalidates by mixing samples).
     """
 
-    def __init__(self, image_size: int = 32, channels: int = 1, base_width: int = 64, norm: str = "batch"):
+    def __init__(self, image_size: int = 32, channels: int = 1, base_width: int = 16, norm: str = "batch"):
         super().__init__()
         owner = type(self).__name__
         self.channels = _positive_int(owner, "channels", channels)
