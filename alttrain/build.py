@@ -13,7 +13,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from alttrain.compile import compile_backend
 from alttrain.config import validate_config
+from alttrain.distributed import Replicas, make_replicas
+from alttrain.ema import EMA, make_ema
 from alttrain.errors import AltTrainError, ConfigError
 from alttrain.network import Network, build_network
 from alttrain.objectives import GANPair, R1Penalty
@@ -43,6 +46,9 @@ class Components:
     gan: GANPair
     precision: Precision
     device: torch.device
+    ema: EMA | None = None             # trainer.ema: moving average of G (None: off)
+    replicas: Replicas | None = None   # under torchrun: DDP and agreement across processes
+    compile: str | None = None         # trainer.compile: a torch.compile backend (None: eager)
 
     @property
     def networks(self) -> list[Network]:
@@ -74,7 +80,8 @@ def instantiate_node(key: str, node: DictConfig, **kwargs: Any) -> Any:
     except InstantiationException as exc:
         cause = exc.__cause__
         if isinstance(cause, AltTrainError):
-            raise cause from None
+            # A constructor names its own argument ("hidden_dim"); say which config node it came from.
+            raise (cause if str(cause).startswith(key) else type(cause)(f"{key}: {cause}")) from None
         raise ConfigError(f"cannot build {key} ({node.get('_target_')}): {cause or exc}") from None
     except AltTrainError:
         raise
@@ -90,7 +97,14 @@ def build_model(key: str, node: DictConfig, sample_shape: tuple[int, ...]) -> to
             if arg not in AUTO_FROM_SHAPE:
                 raise ConfigError(f"{key}.{arg}=auto is not supported; only {', '.join(AUTO_FROM_SHAPE)} can be auto")
             fills[arg] = AUTO_FROM_SHAPE[arg](sample_shape)
-    module = instantiate_node(key, node, **fills)
+    try:
+        module = instantiate_node(key, node, **fills)
+    except AltTrainError as exc:
+        if not any(arg in str(exc) for arg in fills):
+            raise
+        filled = ", ".join(f"{arg}={value}" for arg, value in fills.items())
+        raise type(exc)(f"{exc} ({filled} filled from the data's sample shape {tuple(sample_shape)}: change the "
+                        "data's size or choose a model made for this data)") from None
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"{key} must build a torch.nn.Module, got {type(module).__name__}")
     return module
@@ -149,6 +163,7 @@ def build_components(cfg: DictConfig) -> Components:
     validate_config(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    precision = Precision(cfg.trainer.precision, device)  # before the costly parts: it may refuse the device
     data = instantiate_node("data", cfg.data)
     generator = build_model("model.generator", cfg.model.generator, data.sample_shape)
     discriminator = build_model("model.discriminator", cfg.model.discriminator, data.sample_shape)
@@ -164,8 +179,12 @@ def build_components(cfg: DictConfig) -> Components:
     phases = build_phases(cfg, networks, terms)
     warn_penalty_with_batchnorm(phases, discriminator)
     gan = GANPair(generator, discriminator, latent_dim, data.batch_size, device)
-    precision = Precision(cfg.trainer.precision, device)
-    return Components(data, networks["generator"], networks["discriminator"], phases, gan, precision, device)
+    t, ema_cfg = cfg.trainer, cfg.trainer.get("ema") or {}
+    ema = make_ema(generator, ema_cfg.get("half_life_samples"), ema_cfg.get("rampup"))
+    replicas = make_replicas(device, t.get("sync_batchnorm", False), t.get("consistency_check", True),
+                             t.checkpoint_every)
+    return Components(data, networks["generator"], networks["discriminator"], phases, gan, precision, device,
+                      ema=ema, replicas=replicas, compile=compile_backend(t.get("compile", False)))
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:

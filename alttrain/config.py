@@ -47,11 +47,21 @@ def _positive_number(key: str, value: Any) -> None:
         raise ConfigError(f"{key} must be a number > 0, got {value!r}")
 
 
+def _optional(check: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
+    return lambda key, value: None if value is None else check(key, value)
+
+
+def _compile(key: str, value: Any) -> None:
+    if not isinstance(value, bool) and value not in ("inductor", "aot_eager", "eager"):
+        raise ConfigError(f"{key} must be false, true (inductor), inductor, aot_eager or eager, got {value!r}")
+
+
+EMA = {"half_life_samples": _optional(_int(1)), "rampup": _optional(_positive_number)}
 TRAINER: dict[str, Callable[[str, Any], None]] = {
     "max_steps": _int(1), "n_critic": _int(1), "log_every": _int(0), "sample_every": _int(0),
     "checkpoint_every": _int(0), "keep_checkpoints": _int(0), "on_nan": _choice("raise", "skip"),
     "audit": _type(bool), "precision": _choice("32", "bf16", "16"), "progress": _choice("auto", "always", "never"),
-    "phases": lambda k, v: None, "compile": _type(bool), "ema": lambda k, v: None,
+    "phases": lambda k, v: None, "compile": _compile, "ema": lambda k, v: _check_keys(f"{k}.", v, EMA),
     "sync_batchnorm": _type(bool), "consistency_check": _type(bool),
 }
 PHASE = {"network": _choice("generator", "discriminator"), "loss": _type(str), "groups": lambda k, v: None,

@@ -1,7 +1,13 @@
 """Mixed precision: autocast for the forward, and one GradScaler per optimizer for fp16.
 
 Sharing one GradScaler between G and D couples them: an overflow in D's backward shrinks the scale
-G's update is unscaled with, and ``update()`` runs once for two steps. Each network gets its own.
+G's update is unscaled with, and ``update()`` runs once for two steps. Each network gets its own,
+and the scalers travel in checkpoints.
+
+Weights, gradients and optimizer states stay float32; autocast runs the matrix products and
+convolutions in bf16/fp16. The discriminator's logits are cast back to float32
+(:meth:`Precision.float_logits`) before any loss sees them, so softplus, squares and means are
+computed in full precision: a bf16 loss keeps only about three significant digits.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import contextlib
 from typing import Any
 
 import torch
+from torch import nn
 
 from alttrain.errors import ConfigError
 from alttrain.network import Network
@@ -41,6 +48,10 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
+    def float_logits(self, module: nn.Module) -> nn.Module:
+        """``module`` whose output is cast to float32 under mixed precision (itself under float32)."""
+        return module if self.dtype is None else FloatOutput(module)
+
     def _scaler(self, net: Network) -> torch.amp.GradScaler:
         scaler = self.scalers.get(net.name)
         if scaler is None:
@@ -70,7 +81,20 @@ class Precision:
         return {"mode": self.mode, "scalers": {k: s.state_dict() for k, s in self.scalers.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.mode != "16":
+            return  # a run resumed in another precision starts without loss scaling
         for name, scaler_state in state.get("scalers", {}).items():
             scaler = self.scalers.get(name) or torch.amp.GradScaler(self.device.type)
             scaler.load_state_dict(scaler_state)
             self.scalers[name] = scaler
+
+
+class FloatOutput(nn.Module):
+    """Runs ``module`` and returns its output as float32."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.module(*args, **kwargs).float()

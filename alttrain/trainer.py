@@ -9,11 +9,21 @@ One *step* is one pass over the schedule (``Phase.is_due``). Every due phase, ``
 3. check the loss and gradients are finite (``on_nan``), step that network's optimizer only,
    set its gradients to ``None`` again (idle parameters never carry a stale ``.grad``);
 4. leave the plan: flags and idle buffers restored; report a :class:`PhaseResult`.
+
+Counters: ``step`` counts schedule passes, ``phase_updates[name]`` optimizer updates (one per
+``accumulate`` micro-batches), ``samples`` real samples drawn by all processes together. One
+update trains on ``batch_size * accumulate * world_size`` samples (the effective batch); under
+DDP, gradients are all-reduced once per update, on its last micro-batch.
+
+What a phase's loss sees is a *view* of the pair (:meth:`Trainer._build_views`): compiled
+forwards (``compile``), the phase's own network under DDP (``replicas``), float32 logits under
+mixed precision. Without any of those the view is ``gan`` itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -21,6 +31,9 @@ import torch
 
 from alttrain.audit import IdleAudit
 from alttrain.callbacks.base import Callback, CallbackList, PhaseResult
+from alttrain.compile import Backend, compile_module, needs_double_backward
+from alttrain.distributed import Replicas, replica_tensors, zero_tie
+from alttrain.ema import EMA
 from alttrain.errors import ConfigError, NonFiniteError
 from alttrain.freeze import FreezePlan
 from alttrain.network import Network
@@ -37,7 +50,7 @@ class TrainState:
 
     step: int = 0                                             # completed schedule passes
     phase_updates: dict[str, int] = field(default_factory=dict)  # optimizer updates per phase
-    samples: int = 0                                          # real samples drawn by this process
+    samples: int = 0                                          # real samples drawn, all processes together
     skipped: dict[str, int] = field(default_factory=dict)     # non-finite updates discarded per phase
 
     def state_dict(self) -> dict[str, Any]:
@@ -53,28 +66,67 @@ class TrainState:
 class Trainer:
     """Alternating training of ``networks`` by a schedule of ``phases``.
 
-    ``stream`` yields real batches (an iterator with ``state_dict``); ``gan`` is what loss terms
-    see. ``log_every`` says on which steps per-group gradient norms are computed for callbacks.
+    ``stream`` yields real batches (an iterator with ``state_dict``; this process's shard); ``gan``
+    holds the plain modules. ``log_every`` says on which steps per-group gradient norms are computed
+    for callbacks. ``ema`` follows the network whose module is ``ema.source``. ``replicas`` (under
+    torchrun) wraps phases in DDP and makes the ranks agree every ``replicas.sync_every`` steps and
+    at the end. ``compile`` is a ``torch.compile`` backend (``None``: eager).
     """
 
     def __init__(self, networks: Sequence[Network], phases: Sequence[Phase], gan: GANPair, stream: Iterator,
                  max_steps: int, callbacks: Sequence[Callback] = (), on_nan: str = "raise", audit: bool = False,
-                 log_every: int = 0, precision: Precision | None = None, ema=None):
+                 log_every: int = 0, precision: Precision | None = None, ema: EMA | None = None,
+                 replicas: Replicas | None = None, compile: Backend | None = None):
         if on_nan not in ON_NAN:
             raise ConfigError(f"trainer.on_nan must be one of {', '.join(ON_NAN)}, got {on_nan!r}")
         validate_schedule(phases, networks)
         self.networks, self.phases, self.gan, self.stream = list(networks), list(phases), gan, stream
         self.max_steps, self.on_nan, self.audit, self.log_every = max_steps, on_nan, audit, log_every
         self.precision = precision or Precision("32")
-        self.ema = ema
+        self.ema, self.replicas = ema, replicas
+        self.world_size = replicas.world_size if replicas is not None else 1
         self.callbacks = CallbackList(callbacks)
         self.plans = {p.name: FreezePlan(self.networks, p.network, p.groups) for p in self.phases}
         self.state = TrainState(phase_updates={p.name: 0 for p in self.phases},
                                 skipped={p.name: 0 for p in self.phases})
         self.should_stop = False
+        self.rank_rng: list[dict] | None = None  # every rank's RNG state at the last agreement (for checkpoints)
+        self._synced_at: int | None = None
+        self._build_views(compile)
 
     def network(self, name: str) -> Network:
         return next(n for n in self.networks if n.name == name)
+
+    def _build_views(self, backend: Backend | None) -> None:
+        """Per phase: the pair its loss sees (``views``), its DDP wrapper (``ddp``), whether to tie (``tied``)."""
+        self.views, self.ddp, self.tied = {}, {}, set()
+        if backend is None and self.replicas is None and self.precision.dtype is None:
+            self.views = {p.name: self.gan for p in self.phases}
+            return
+        modules = (self.gan.generator, self.gan.discriminator)
+        if self.replicas is not None:
+            for module in modules:
+                self.replicas.prepare(module)
+        compiled = {id(m): compile_module(m, backend) for m in modules} if backend is not None else {}
+        wrappers: dict[tuple, torch.nn.Module] = {}
+        for phase in self.phases:
+            eager = needs_double_backward(phase.loss)  # AOTAutograd has no double backward
+            pair = [m if eager else compiled.get(id(m), m) for m in modules]
+            if self.replicas is not None:
+                index = next((i for i, m in enumerate(modules) if m is phase.network.module), None)
+                if index is None:
+                    raise ConfigError(f"phase '{phase.name}' trains a module that is neither the generator nor "
+                                      "the discriminator of the GAN pair, so DDP cannot wrap it")
+                plan = self.plans[phase.name]
+                key = (id(pair[index]), frozenset(map(id, plan.enable)))
+                if key not in wrappers:
+                    with plan():  # DDP registers the parameters that require grad at wrap time
+                        wrappers[key] = self.replicas.wrap(pair[index])
+                pair[index] = self.ddp[phase.name] = wrappers[key]
+                if eager:
+                    self.tied.add(phase.name)
+            self.views[phase.name] = dataclasses.replace(self.gan, generator=pair[0],
+                                                         discriminator=self.precision.float_logits(pair[1]))
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -86,8 +138,16 @@ class Trainer:
         except BaseException as exc:
             self.callbacks.on_exception(self, exc)
             raise
+        if self.replicas is not None and self._synced_at != self.state.step:
+            self._sync_replicas()
         self.callbacks.on_train_end(self)
         return self.state
+
+    def _sync_replicas(self) -> None:
+        """Rank 0's buffers everywhere, proof that all ranks agree, and every rank's RNG state."""
+        modules = [n.module for n in self.networks] + ([self.ema.model] if self.ema is not None else [])
+        self.rank_rng = self.replicas.sync(modules, replica_tensors(self.networks, self.ema))
+        self._synced_at = self.state.step
 
     def train_step(self) -> None:
         step = self.state.step
@@ -96,6 +156,9 @@ class Trainer:
                 for _ in range(phase.repeat):
                     self.callbacks.on_phase_end(self, self._update(phase, step))
         self.state.step = step + 1
+        every = self.replicas.sync_every if self.replicas is not None else 0
+        if every and self.state.step % every == 0:
+            self._sync_replicas()  # before the callbacks: the checkpoint written now holds agreed state
         self.callbacks.on_step_end(self)
 
     def _update(self, phase: Phase, step: int) -> PhaseResult:
@@ -111,7 +174,7 @@ class Trainer:
                 self.precision.step(net)
                 self.state.phase_updates[phase.name] += 1
                 if self.ema is not None and net.module is self.ema.source:
-                    self.ema.update(self.state.samples)
+                    self.ema.update(self.gan.batch_size * phase.accumulate * self.world_size)
             else:
                 self.state.skipped[phase.name] += 1
             net.optimizer.zero_grad(set_to_none=True)
@@ -121,25 +184,28 @@ class Trainer:
 
     def _forward_backward(self, phase: Phase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Sum gradients over ``accumulate`` micro-batches; returns the mean loss (detached)."""
-        total, scalars = None, {}
+        total, scalars, view = None, {}, self.views[phase.name]
         for micro in range(phase.accumulate):
             real = self._next_real() if phase.loss.needs_real else None
             with self._sync_context(phase, last=micro == phase.accumulate - 1), self.precision.autocast():
-                loss, scalars = phase.loss(self.gan, real)
-            self.precision.backward(phase.network, loss * (phase.weight / phase.accumulate))
+                loss, scalars = phase.loss(view, real)
+            scaled = loss * (phase.weight / phase.accumulate)
+            if phase.name in self.tied:
+                scaled = scaled + zero_tie(self.plans[phase.name].enable)
+            self.precision.backward(phase.network, scaled)
             total = loss.detach() if total is None else total + loss.detach()
         return total / phase.accumulate if phase.accumulate > 1 else total, scalars
 
     def _next_real(self) -> torch.Tensor:
         real = next(self.stream)
-        self.state.samples += real.shape[0]
+        self.state.samples += real.shape[0] * self.world_size
         return real.to(self.gan.device, non_blocking=True)
 
     def _sync_context(self, phase: Phase, last: bool):
         """Under DDP, all-reduce gradients only on the last micro-batch of an update."""
-        module = phase.network.module
-        if not last and hasattr(module, "no_sync"):
-            return module.no_sync()
+        wrapper = self.ddp.get(phase.name)
+        if not last and wrapper is not None:
+            return wrapper.no_sync()
         return contextlib.nullcontext()
 
     def _check_finite(self, phase: Phase, step: int, loss: torch.Tensor) -> bool:
@@ -147,11 +213,15 @@ class Trainer:
         norms = torch._foreach_norm(grads) if grads else []
         # One host sync for loss and all gradients together.
         bad = not bool(torch.isfinite(torch.stack([loss.float(), *[n.float() for n in norms]])).all())
+        if self.replicas is not None:
+            bad = self.replicas.any(bad)  # losses are per rank: all ranks must skip or raise together
         if not bad or self.precision.handles_overflow:
             return True  # with a GradScaler, overflow is its business: it skips and backs off
         if self.on_nan == "skip":
             return False
-        what = f"loss {loss.item()}" if not torch.isfinite(loss) else "a gradient"
+        bad_norms = [n.item() for n in norms if not torch.isfinite(n)]
+        what = (f"loss {loss.item()}" if not torch.isfinite(loss) else
+                f"gradient (norm {bad_norms[0]})" if bad_norms else "gradient on another rank")
         raise NonFiniteError(f"non-finite {what} in phase '{phase.name}' at step {step}; nothing was saved "
                              "from this step. Lower the learning rate, or set trainer.on_nan=skip")
 
@@ -180,6 +250,8 @@ class Trainer:
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if self.rank_rng is not None:
+            state["rng_ranks"] = self.rank_rng  # rank 0's is also "rng", which the checkpointer adds
         return state
 
 

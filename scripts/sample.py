@@ -22,9 +22,7 @@ from omegaconf import OmegaConf
 
 from alttrain.checkpoint import load_checkpoint, load_into, resolve_checkpoint_path
 from alttrain.cli import report_user_errors
-from alttrain.errors import ConfigError
-from alttrain.evaluate import generate
-from alttrain.render import image_grid, save_png, scatter_plot
+from alttrain.errors import CheckpointError, ConfigError
 
 DEFAULTS = {"checkpoint": None, "num_samples": "64", "out": None, "seed": "0", "ema": "auto", "trust_target": "false"}
 SAFE_PREFIX = "alttrain.models."
@@ -65,9 +63,17 @@ def build_generator(payload: dict, use_ema: str, trust: bool) -> torch.nn.Module
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    payload = load_checkpoint(resolve_checkpoint_path(args["checkpoint"]))
+    path = resolve_checkpoint_path(args["checkpoint"])
+    payload = load_checkpoint(path)
+    meta = payload.get("meta")
+    if not isinstance(meta, dict) or not {"generator", "latent_dim", "kind"} <= set(meta) or "models" not in payload:
+        raise CheckpointError(f"{path} is not an alttrain training checkpoint (no generator description in "
+                              "'meta'); pass a checkpoints/last.pt or step_*.pt written by scripts/train.py")
     generator = build_generator(payload, args["ema"], args["trust_target"] == "true")
-    meta = payload["meta"]
+    # Imported only now: they pull in torchvision and torchmetrics, which bad input need not wait for.
+    from alttrain.evaluate import generate
+    from alttrain.render import image_grid, save_png, scatter_plot
+
     samples = generate(generator, int(args["num_samples"]), meta["latent_dim"], seed=int(args["seed"]))
     out = Path(args["out"])
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@
     python scripts/train.py -m loss=ns,hinge seed=0,1       # a sweep: four runs
     python scripts/train.py debug=default                   # any run shrunk to seconds
     python scripts/train.py resume=outputs/2026-11-24/10-00-00 trainer.max_steps=3000
+    torchrun --standalone --nproc_per_node=2 scripts/train.py experiment=ring8   # data-parallel, 2 processes
 
 Runs land in outputs/<date>/<time>/ (hydra.run.dir=... moves them); watch them with
 ``tensorboard --logdir outputs``.
@@ -14,6 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from alttrain import distributed
 from alttrain.app import train
 from alttrain.cli import report_user_errors
 
@@ -26,4 +28,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    # Under torchrun: join the process group before Hydra resolves ${now:}, so every rank names
+    # the same run dir (rank 0's clock).
+    distributed.setup()
+    try:
+        main()
+    finally:
+        distributed.teardown()

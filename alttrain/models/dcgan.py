@@ -8,7 +8,7 @@ initialisation). Convolutions followed by BatchNorm have no bias: BatchNorm's sh
 
 The default ``base_width=16`` (widths 16/32/64 at 32×32) is sized for small grey-scale data such as
 digits on a CPU: an alternating D+G step at batch 64 takes about 50 ms on 2 cores, against about
-115 ms at 32 and 300+ ms at the paper's 64, which suits 64×64 colour images on a GPU.
+115 ms at 32 and 300+ ms at 64, the paper's width, meant for 64×64 colour images on a GPU.
 
 Parameter names (what param-group patterns match)::
 

@@ -1,0 +1,97 @@
+"""One GAN written three ways, to measure what a framework adds to a training step.
+
+* :func:`alttrain_trainer`: alttrain's :class:`~alttrain.trainer.Trainer` with the default D-then-G
+  schedule and the non-saturating logistic loss (``loss=ns``);
+* :class:`alttrain.benchmarks.plain_loop.PlainLoop`: the same math written by hand, the floor any
+  framework adds overhead to;
+* :mod:`alttrain.benchmarks.lightning_gan`: Lightning manual optimization with
+  ``toggle_optimizer`` (needs the optional ``bench`` extra).
+
+All three start from :func:`make_setup`, which builds the models from one seed and streams real
+data from alttrain's own sources, so the three runs see the same weights, the same batches and the
+same draws from the global RNG, in the same order. ``scripts/bench.py`` times them;
+``tests/test_bench.py`` proves they compute the same thing.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from alttrain import losses
+from alttrain.data import digits, ring8
+from alttrain.data.source import BatchStream
+from alttrain.errors import ConfigError
+from alttrain.models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
+from alttrain.network import build_network
+from alttrain.objectives import DiscriminatorLoss, GANPair, GeneratorLoss
+from alttrain.phases import Phase
+from alttrain.trainer import Trainer
+
+# The sizes of the shipped configs: model/mlp.yaml on ring8, and model/dcgan.yaml on digits.
+WORKLOADS = {
+    "mlp": {"batch_size": 256, "hidden_dim": 128, "depth": 2, "latent_dim": 2},
+    "dcgan": {"batch_size": 64, "image_size": 32, "base_width": 16, "latent_dim": 64},
+}
+# optim/adam.yaml, for both networks.
+ADAM = {"lr": 2e-4, "betas": (0.5, 0.999)}
+ALL_PARAMS = [{"name": "all", "params": ["*"]}]
+
+
+@dataclass(eq=False)
+class Setup:
+    """Freshly initialised models, an optimizer factory and a real-data stream for one run."""
+
+    workload: str
+    generator: nn.Module
+    discriminator: nn.Module
+    optimizer: Callable[..., torch.optim.Optimizer]  # called with parameters or param groups
+    stream: BatchStream
+    latent_dim: int
+    batch_size: int
+    device: torch.device
+
+
+def make_setup(workload: str, seed: int = 0, device: str | torch.device = "cpu", **sizes: int) -> Setup:
+    """Build ``workload`` (``"mlp"`` or ``"dcgan"``) with its default sizes, overridden by ``sizes``.
+
+    The global RNG is seeded here and then drawn from only by the models' initialisation, so two
+    setups with the same arguments are identical, RNG state included.
+    """
+    if workload not in WORKLOADS:
+        raise ConfigError(f"unknown workload {workload!r}; choose one of: {', '.join(WORKLOADS)}")
+    unknown = set(sizes) - set(WORKLOADS[workload])
+    if unknown:
+        raise ConfigError(f"workload {workload!r} has no size {sorted(unknown)[0]!r}; "
+                          f"its sizes are: {', '.join(WORKLOADS[workload])}")
+    s = {**WORKLOADS[workload], **sizes}
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    if workload == "mlp":
+        data = ring8(batch_size=s["batch_size"])
+        generator = MLPGenerator(s["latent_dim"], 2, s["hidden_dim"], s["depth"])
+        discriminator = MLPDiscriminator(2, s["hidden_dim"], s["depth"])
+    else:
+        data = digits(batch_size=s["batch_size"], image_size=s["image_size"])
+        generator = DCGANGenerator(s["latent_dim"], s["image_size"], 1, s["base_width"])
+        discriminator = DCGANDiscriminator(s["image_size"], 1, s["base_width"])
+    return Setup(workload, generator.to(device), discriminator.to(device),
+                 functools.partial(torch.optim.Adam, **ADAM), data.stream(seed=seed),
+                 s["latent_dim"], s["batch_size"], device)
+
+
+def alttrain_trainer(setup: Setup, max_steps: int) -> Trainer:
+    """The Trainer ``scripts/train.py`` would build for ``loss=ns``, without callbacks."""
+    g = build_network("generator", setup.generator, ALL_PARAMS, setup.optimizer)
+    d = build_network("discriminator", setup.discriminator, ALL_PARAMS, setup.optimizer)
+    phases = [Phase("D", d, DiscriminatorLoss(losses.d_logistic)),
+              Phase("G", g, GeneratorLoss(losses.g_nonsaturating))]
+    gan = GANPair(setup.generator, setup.discriminator, setup.latent_dim, setup.batch_size, setup.device)
+    return Trainer([g, d], phases, gan, setup.stream, max_steps=max_steps)
+
+
+__all__ = ["ADAM", "WORKLOADS", "Setup", "alttrain_trainer", "make_setup"]

@@ -1,0 +1,60 @@
+"""``torch.compile`` for the networks' forward passes, with freezing kept outside the compiled code.
+
+Only each module's ``forward`` is compiled (``torch.compile(module)``); :class:`~alttrain.freeze.FreezePlan`
+flips ``requires_grad`` outside it. Dynamo guards on those flags and on grad mode, so a network is
+compiled once for each state it is called in, and every state occurs in the first step:
+
+* G: trained in its own phase; run under ``no_grad`` as the source of fakes in D's phase;
+* D: trained in its own phase; frozen, scoring fakes that carry G's graph, in G's phase.
+
+That is two graphs per network, made in step 0; later steps reuse them and never recompile
+(``tests/test_compile.py`` counts). Toggling flags *inside* a compiled function instead would
+make each toggle a guard failure or a graph break.
+
+AOTAutograd cannot differentiate its own backward again, so a phase whose loss takes an input
+gradient with ``create_graph`` (R1, the WGAN-GP penalty) calls the eager module.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from alttrain.errors import ConfigError
+
+# Backends a config may name: inductor generates kernels; aot_eager and eager are for debugging
+# (no code generation: aot_eager checks the autograd capture, eager only the graph capture).
+BACKENDS = ("inductor", "aot_eager", "eager")
+
+Backend = str | Callable[..., Any]
+
+
+def compile_backend(value: Any) -> str | None:
+    """``trainer.compile`` -> a backend name (``true`` is inductor), or ``None`` for eager training."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        return "inductor"
+    if isinstance(value, str) and value in BACKENDS:
+        return value
+    raise ConfigError(f"trainer.compile must be false, true (inductor) or one of {', '.join(BACKENDS)}, got {value!r}")
+
+
+def compile_module(module: nn.Module, backend: Backend) -> nn.Module:
+    """``module`` with a compiled forward; parameters, buffers and state dict stay ``module``'s own."""
+    return torch.compile(module, backend=backend)
+
+
+def needs_double_backward(term: Any) -> bool:
+    """Does this loss term differentiate through an input gradient (``create_graph=True``)?
+
+    Terms may say so with a ``double_backward`` attribute; the built-in penalties are recognised.
+    """
+    from alttrain.objectives import R1Penalty
+
+    flag = getattr(term, "double_backward", None)
+    if flag is not None:
+        return bool(flag)
+    return isinstance(term, R1Penalty) or getattr(term, "gp_weight", 0) > 0

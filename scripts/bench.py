@@ -1,0 +1,340 @@
+"""Throughput of one GAN written three ways: alttrain's Trainer, a hand-written loop, Lightning.
+
+    python scripts/bench.py                                  # MLP and DCGAN, 5 interleaved rounds
+    python scripts/bench.py --workloads mlp --rounds 9       # the overhead case only, more rounds
+    python scripts/bench.py --device cuda --threads 1        # on a GPU (auto picks it when present)
+
+Workloads (alttrain.benchmarks.WORKLOADS): ``mlp`` is the 2-D ring8 GAN (hidden 128, depth 2,
+batch 256), where a framework's per-step overhead shows most; ``dcgan`` is DCGAN at 32x32 on the
+digits (batch 64). Implementations: ``alttrain`` (the Trainer, no callbacks), ``plain`` (the
+hand-written loop in alttrain/benchmarks/plain_loop.py: the floor) and ``lightning`` (manual
+optimization with toggle_optimizer; needs ``pip install -e ".[bench]"``, skipped without it).
+
+Method: first one process per workload checks that every implementation, from the same seed,
+ends 2 steps with the same weights and buffers as the plain loop. Then every measurement runs
+in a fresh process; each round runs every implementation once per workload, in an order rotated
+from round to round, so slow drift of the machine's load hits all of them alike. Each process
+excludes its warm-up steps. The table gives the median steps/s over rounds and the median of the
+per-round ratios to the plain loop (paired: each ratio compares runs made minutes apart at most).
+The ``G phase`` rows time the plain loop's G update alone with D frozen and with D left trainable
+(alternating blocks in one process): what freezing saves, D's weight-gradient GEMMs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IMPLS = ("plain", "alttrain", "lightning")
+DEFAULT_STEPS = {"mlp": (1000, 100), "dcgan": (30, 5)}  # (timed steps, warm-up steps) per process
+CHECK_STEPS = 2
+# Targets: alttrain's steps/s as a fraction of the plain loop's, and as a multiple of Lightning's.
+# wall: elapsed time (what a user waits for). cpu: CPU time of this process, which other processes
+# on a shared machine barely disturb; meaningful with --threads 1 (idle OpenMP threads spin).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+TARGETS = {("mlp", "plain"): 0.97, ("dcgan", "plain"): 0.99, ("mlp", "lightning"): 1.5}
+
+
+# -- worker side: one measurement in this (fresh) process ------------------------------------------
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_impl(impl: str, workload: str, steps: int, warmup: int, device: str, seed: int, clock: str) -> dict:
+    """Steps/s of ``impl`` on ``workload`` over ``steps`` steps after ``warmup`` untimed ones."""
+    from alttrain.benchmarks import alttrain_trainer, make_setup
+    from alttrain.benchmarks.plain_loop import PlainLoop
+
+    setup = make_setup(workload, seed, device)
+    now = CLOCKS[clock]
+    if impl == "lightning":
+        from alttrain.benchmarks.lightning_gan import run_lightning
+
+        seconds = run_lightning(setup, steps, warmup, clock=now)
+    elif impl == "alttrain":
+        trainer = alttrain_trainer(setup, max_steps=warmup)
+        trainer.fit()
+        trainer.max_steps = warmup + steps  # fit() continues from the step it reached
+        _sync(setup.device)
+        t0 = now()
+        trainer.fit()
+        _sync(setup.device)
+        seconds = now() - t0
+    else:
+        loop = PlainLoop(setup)
+        loop.run(warmup)
+        _sync(setup.device)
+        t0 = now()
+        loop.run(steps)
+        _sync(setup.device)
+        seconds = now() - t0
+    return {"steps_per_s": steps / seconds}
+
+
+def time_g_phase(workload: str, steps: int, warmup: int, device: str, seed: int, clock: str,
+                 blocks: int = 10) -> dict:
+    """Median seconds of the plain loop's G update with D frozen and with D trainable."""
+    from alttrain.benchmarks import make_setup
+    from alttrain.benchmarks.plain_loop import PlainLoop
+
+    setup = make_setup(workload, seed, device)
+    now = CLOCKS[clock]
+    loop = PlainLoop(setup)
+    loop.run(warmup)
+    times = {True: [], False: []}
+    per_block = max(1, steps // blocks)
+    for block in range(2 * blocks):
+        loop.freeze_d = block % 2 == 0  # the math is the same either way: only the cost differs
+        for _ in range(per_block):
+            loop.d_step()
+            _sync(setup.device)
+            t0 = now()
+            loop.g_step()
+            _sync(setup.device)
+            times[loop.freeze_d].append(now() - t0)
+    return {"g_frozen_s": statistics.median(times[True]), "g_trainable_s": statistics.median(times[False])}
+
+
+def check_weights(workload: str, impls: list[str], steps: int, device: str, seed: int) -> dict:
+    """Largest |difference| of every parameter and buffer from the plain loop's after ``steps`` steps."""
+    import torch
+
+    from alttrain.benchmarks import alttrain_trainer, make_setup
+    from alttrain.benchmarks.plain_loop import PlainLoop
+
+    def final_state(impl: str) -> dict:
+        setup = make_setup(workload, seed, device)
+        if impl == "plain":
+            PlainLoop(setup).run(steps)
+        elif impl == "alttrain":
+            alttrain_trainer(setup, max_steps=steps).fit()
+        else:
+            from alttrain.benchmarks.lightning_gan import fit_lightning
+
+            fit_lightning(setup, steps)
+        return {**{f"G.{k}": v for k, v in setup.generator.state_dict().items()},
+                **{f"D.{k}": v for k, v in setup.discriminator.state_dict().items()}}
+
+    reference = final_state("plain")
+    out = {}
+    for impl in impls:
+        if impl != "plain":
+            state = final_state(impl)
+            out[impl] = max((state[k].double() - v.double()).abs().max().item() for k, v in reference.items())
+    return {"max_abs_diff": out}
+
+
+def worker(spec: dict) -> None:
+    """Run one measurement described by ``spec`` and print its result as the last line (JSON)."""
+    import torch
+
+    from alttrain.benchmarks.lightning_gan import quiet_lightning
+
+    quiet_lightning()
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    kind, args = spec["kind"], spec["args"]
+    result = {"check": check_weights, "gphase": time_g_phase, "impl": time_impl}[kind](**args)
+    print(json.dumps(result), flush=True)
+
+
+# -- driver side: fresh processes, interleaved, summarised -----------------------------------------
+
+
+def run_worker(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: benchmark worker {spec['kind']} {spec['args']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def lightning_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("lightning") is not None
+
+
+def resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def machine_line(device: str, threads: int | None) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else ""
+    versions = f"torch {torch.__version__}"
+    if lightning_installed():
+        import lightning
+
+        versions += f", lightning {lightning.__version__}"
+    return (f"{cpu}, {os.cpu_count()} cores{gpu}; {versions}; device {device}, "
+            f"torch threads {threads or torch.get_num_threads()}")
+
+
+def rotated(items: list[str], shift: int) -> list[str]:
+    shift %= len(items)
+    return items[shift:] + items[:shift]
+
+
+def measure(args, device: str) -> tuple[dict, dict]:
+    """``rates[(workload, impl)]``: steps/s per round; ``gphase[workload]``: per-round G-phase times."""
+    rates, gphase = {}, {}
+    impls = list(args.impls)
+    for r in range(args.rounds):
+        for workload in args.workloads:
+            steps, warmup = args.steps or DEFAULT_STEPS[workload][0], args.warmup
+            warmup = DEFAULT_STEPS[workload][1] if warmup is None else warmup
+            common = {"workload": workload, "steps": steps, "warmup": warmup, "device": device, "seed": args.seed,
+                      "clock": args.clock}
+            for kind in rotated(impls + (["gphase"] if args.gphase else []), r):
+                spec = {"threads": args.threads,
+                        "kind": "gphase" if kind == "gphase" else "impl",
+                        "args": common if kind == "gphase" else {"impl": kind, **common}}
+                result = run_worker(spec)
+                if kind == "gphase":
+                    gphase.setdefault(workload, []).append(result)
+                else:
+                    rates.setdefault((workload, kind), []).append(result["steps_per_s"])
+                print(f"  round {r + 1}/{args.rounds} {workload:5s} {kind:9s} "
+                      f"{_short(result)}  load {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
+    return rates, gphase
+
+
+def _short(result: dict) -> str:
+    if "steps_per_s" in result:
+        return f"{result['steps_per_s']:.1f} steps/s"
+    return f"G frozen {1e3 * result['g_frozen_s']:.2f} ms, trainable {1e3 * result['g_trainable_s']:.2f} ms"
+
+
+def paired_ratio(rates: dict, workload: str, num: str, den: str) -> float | None:
+    if (workload, num) not in rates or (workload, den) not in rates:
+        return None
+    return statistics.median(a / b for a, b in zip(rates[(workload, num)], rates[(workload, den)]))
+
+
+def rate_table(rates: dict, workloads: list[str], impls: list[str]) -> list[str]:
+    lines = ["| workload | implementation | steps/s (median) | min - max | vs plain (paired median) |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for workload in workloads:
+        for impl in impls:
+            values = rates[(workload, impl)]
+            ratio = paired_ratio(rates, workload, impl, "plain")
+            lines.append(f"| {workload} | {impl} | {statistics.median(values):.1f} | "
+                         f"{min(values):.1f} - {max(values):.1f} | {ratio:.3f}x |")
+    return lines
+
+
+def target_lines(rates: dict) -> list[str]:
+    lines = []
+    for (workload, other), target in TARGETS.items():
+        ratio = paired_ratio(rates, workload, "alttrain", other)
+        if ratio is not None:
+            verdict = "met" if ratio >= target else "MISSED"
+            lines.append(f"- {workload}: alttrain / {other} = {ratio:.3f}x (target >= {target}x): {verdict}")
+    return lines
+
+
+def gphase_table(gphase: dict) -> list[str]:
+    lines = ["| workload | G update, D frozen (ms) | G update, D trainable (ms) | saved by freezing |",
+             "| --- | ---: | ---: | ---: |"]
+    for workload, results in gphase.items():
+        frozen = statistics.median(r["g_frozen_s"] for r in results)
+        trainable = statistics.median(r["g_trainable_s"] for r in results)
+        saved = statistics.median(1 - r["g_frozen_s"] / r["g_trainable_s"] for r in results)
+        lines.append(f"| {workload} | {1e3 * frozen:.2f} | {1e3 * trainable:.2f} | {100 * saved:.1f}% |")
+    return lines
+
+
+def check_lines(args, device: str) -> list[str]:
+    lines = []
+    for workload in args.workloads:
+        spec = {"threads": args.threads, "kind": "check",
+                "args": {"workload": workload, "impls": list(args.impls), "steps": CHECK_STEPS,
+                         "device": device, "seed": args.seed}}
+        for impl, diff in run_worker(spec)["max_abs_diff"].items():
+            verdict = "bit-identical" if diff == 0 else f"max |diff| {diff:.3g}"
+            lines.append(f"- {workload}: {impl} vs plain after {CHECK_STEPS} steps: {verdict}")
+            if diff > 1e-4:
+                raise SystemExit(f"error: {impl} does not compute what the plain loop computes on {workload} "
+                                 f"(max |diff| {diff:.3g}); timings would compare different work")
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workloads", default="mlp,dcgan", type=lambda s: s.split(","), help="mlp,dcgan")
+    p.add_argument("--impls", default=",".join(IMPLS), type=lambda s: s.split(","),
+                   help="plain,alttrain,lightning (plain is always included: it is the reference)")
+    p.add_argument("--rounds", type=int, default=5, help="fresh processes per implementation and workload")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per process (default: mlp 1000, dcgan 30)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: mlp 100, dcgan 5)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall (default) | cpu: process CPU time, steadier on a shared machine (use --threads 1)")
+    p.add_argument("--no-gphase", dest="gphase", action="store_false",
+                   help="skip the G-phase measurement (D frozen vs trainable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    unknown = set(args.impls) - set(IMPLS)
+    if unknown or args.rounds < 1:
+        p.error(f"unknown implementation {sorted(unknown)[0]!r}" if unknown else "--rounds must be >= 1")
+    args.impls = ["plain"] + [i for i in IMPLS[1:] if i in args.impls]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        return worker(json.loads(args.worker))
+    if "lightning" in args.impls and not lightning_installed():
+        print("note: lightning is not installed (pip install -e \".[bench]\"); leaving it out", file=sys.stderr)
+        args.impls.remove("lightning")
+    device = resolve_device(args.device)
+    if args.clock == "cpu" and device.startswith("cuda"):
+        raise SystemExit("error: --clock cpu measures CPU time, not GPU work; use --clock wall (or --device cpu)")
+    load_before = os.getloadavg()
+    lines = [f"machine: {machine_line(device, args.threads)}; clock {args.clock}", "",
+             "correctness (same seed, same batches):"]
+    lines += check_lines(args, device)
+    rates, gphase = measure(args, device)
+    load_after = os.getloadavg()
+    lines += ["", *rate_table(rates, args.workloads, args.impls), "", "targets:", *target_lines(rates), "",
+              *(gphase_table(gphase) + [""] if gphase else []),
+              f"{args.rounds} rounds; load average (1/5/15 min) before {_load(load_before)}, after {_load(load_after)}"]
+    print("\n".join(lines))
+
+
+def _load(avg: tuple[float, float, float]) -> str:
+    return "/".join(f"{x:.2f}" for x in avg)
+
+
+if __name__ == "__main__":
+    main()
