@@ -98,7 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--experiments", default="ring8,grid25", type=lambda s: s.split(","), help="ring8,grid25")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1")
-    p.add_argument("--steps", type=int, default=None, help="trainer.max_steps for every run (default: the experiment's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="trainer.max_steps for every run (default: the experiment's)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None, help="keep run dirs under OUT/<experiment>/seed<s>")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. trainer.max_steps=4000")

@@ -110,9 +110,9 @@ def _module_class() -> type:
 
 
 def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
-    with torch.no_grad():
-        for a, b in zip(dst, src):
-            a.copy_(b)
+    if dst:
+        with torch.no_grad():
+            torch._foreach_copy_(dst, src)
 
 
 def fit_lightning(setup: Setup, batches: int, marks: tuple[int, ...] = (),
