@@ -126,6 +126,7 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] = ()) -> di
     stream = comps.data.stream(seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
     trainer = Trainer(comps.networks, comps.phases, comps.gan, stream,
                       max_steps=cfg.trainer.max_steps, callbacks=callbacks, on_nan=cfg.trainer.on_nan,
+                      nan_check_every=cfg.trainer.nan_check_every,
                       audit=cfg.trainer.audit, log_every=cfg.trainer.log_every, precision=comps.precision,
                       ema=comps.ema, replicas=comps.replicas, compile=comps.compile)
     distributed.seed_rank(cfg.seed)

@@ -60,6 +60,7 @@ EMA = {"half_life_samples": _optional(_int(1)), "rampup": _optional(_positive_nu
 TRAINER: dict[str, Callable[[str, Any], None]] = {
     "max_steps": _int(1), "n_critic": _int(1), "log_every": _int(0), "sample_every": _int(0),
     "checkpoint_every": _int(0), "keep_checkpoints": _int(0), "on_nan": _choice("raise", "skip"),
+    "nan_check_every": _int(1),
     "audit": _type(bool), "precision": _choice("32", "bf16", "16"), "progress": _choice("auto", "always", "never"),
     "phases": lambda k, v: None, "compile": _compile, "ema": lambda k, v: _check_keys(f"{k}.", v, EMA),
     "sync_batchnorm": _type(bool), "consistency_check": _type(bool),

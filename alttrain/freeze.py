@@ -48,21 +48,23 @@ class FreezePlan:
 
 
 class _FreezeFrame:
-    """One entry into a plan; owns the flags it saved, so frames nest in any order."""
+    """One entry into a plan; owns the flags it changed, so frames nest in any order."""
 
-    __slots__ = ("plan", "saved_on", "saved_off", "owns_buffers")
+    __slots__ = ("plan", "switched_on", "switched_off", "owns_buffers")
 
     def __init__(self, plan: FreezePlan):
         self.plan = plan
 
     def __enter__(self) -> FreezePlan:
         plan = self.plan
-        self.saved_on = [p.requires_grad for p in plan.enable]
-        self.saved_off = [p.requires_grad for p in plan.disable]
-        for p in plan.enable:
-            p.requires_grad_(True)
-        for p in plan.disable:
-            p.requires_grad_(False)
+        # Only flags that differ are switched (and later switched back): restoring them is then
+        # exactly restoring what was there, at half the cost of writing every flag twice.
+        self.switched_on = [p for p in plan.enable if not p.requires_grad]
+        self.switched_off = [p for p in plan.disable if p.requires_grad]
+        for p in self.switched_on:
+            p.requires_grad = True
+        for p in self.switched_off:
+            p.requires_grad = False
         self.owns_buffers = plan._depth == 0
         plan._depth += 1
         if self.owns_buffers and plan.idle_buffers:
@@ -74,10 +76,10 @@ class _FreezeFrame:
         plan._depth -= 1
         if self.owns_buffers and plan.idle_buffers:
             _copy_all(plan.idle_buffers, plan._snapshots)
-        for p, flag in zip(plan.enable, self.saved_on):
-            p.requires_grad_(flag)
-        for p, flag in zip(plan.disable, self.saved_off):
-            p.requires_grad_(flag)
+        for p in self.switched_on:
+            p.requires_grad = False
+        for p in self.switched_off:
+            p.requires_grad = True
 
 
 def _copy_all(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:

@@ -1,7 +1,8 @@
 """Loss terms: what a phase computes, given the two networks and a real batch.
 
-A term is a callable ``term(gan, real) -> (loss, scalars)``; ``scalars`` are detached tensors
-(no host sync here: the logger converts them only on the steps it writes). ``needs_real`` tells
+A term is a callable ``term(gan, real) -> (loss, scalars)``; ``scalars`` are detached tensors,
+each logged as its mean. They may be whole batches (``score/real`` is D's logits on the real
+batch): the reduction and the host sync are then paid only on the steps the logger writes. ``needs_real`` tells
 the trainer whether to draw a real batch for it. The math lives in :mod:`alttrain.losses`.
 """
 
@@ -58,7 +59,7 @@ class DiscriminatorLoss:
         real_logits = gan.discriminator(real)
         fake_logits = gan.discriminator(fake)
         loss = self.fn(real_logits, fake_logits)
-        scalars = {"score/real": real_logits.detach().mean(), "score/fake": fake_logits.detach().mean()}
+        scalars = {"score/real": real_logits.detach(), "score/fake": fake_logits.detach()}
         if self.gp_weight > 0:
             penalty = losses.gradient_penalty(gan.discriminator, real, fake)
             loss = loss + self.gp_weight * penalty
@@ -76,7 +77,7 @@ class GeneratorLoss:
 
     def __call__(self, gan: GANPair, real: torch.Tensor | None) -> tuple[torch.Tensor, Scalars]:
         fake_logits = gan.discriminator(gan.fake())
-        return self.fn(fake_logits), {"score/fake_for_G": fake_logits.detach().mean()}
+        return self.fn(fake_logits), {"score/fake_for_G": fake_logits.detach()}
 
 
 class R1Penalty:

@@ -22,6 +22,7 @@ from alttrain.errors import ConfigError
 from alttrain.network import Network
 
 MODES = ("32", "bf16", "16")
+_NO_CONTEXT = contextlib.nullcontext()  # reusable, and free to enter on every micro-batch
 
 
 class Precision:
@@ -45,7 +46,7 @@ class Precision:
 
     def autocast(self):
         if self.dtype is None:
-            return contextlib.nullcontext()
+            return _NO_CONTEXT
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def float_logits(self, module: nn.Module) -> nn.Module:

@@ -6,9 +6,16 @@ One *step* is one pass over the schedule (``Phase.is_due``). Every due phase, ``
    idle buffers snapshotted;
 2. zero that network's gradients (``set_to_none``), run ``accumulate`` micro-batches of
    forward + backward;
-3. check the loss and gradients are finite (``on_nan``), step that network's optimizer only,
-   set its gradients to ``None`` again (idle parameters never carry a stale ``.grad``);
+3. step that network's optimizer only, set its gradients to ``None`` again (idle parameters
+   never carry a stale ``.grad``);
 4. leave the plan: flags and idle buffers restored; report a :class:`PhaseResult`.
+
+Non-finite values (``on_nan``): under ``raise`` (the default) every update records its loss and
+its gradients' norms on the device, and :meth:`Trainer.verify_finite` checks everything recorded
+since the last check with one host sync: every ``nan_check_every`` steps, before every checkpoint
+and at the end. The error names the first non-finite update, and no checkpoint ever holds its
+result (``nan_check_every=1`` checks each update before its optimizer step). Under ``skip`` the check runs before each optimizer step (one host sync per update), so
+the update can be discarded.
 
 Counters: ``step`` counts schedule passes, ``phase_updates[name]`` optimizer updates (one per
 ``accumulate`` micro-batches), ``samples`` real samples drawn by all processes together. One
@@ -42,6 +49,7 @@ from alttrain.phases import Phase, validate_schedule
 from alttrain.precision import Precision
 
 ON_NAN = ("raise", "skip")
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: one object instead of one per micro-batch
 
 
 @dataclass
@@ -70,18 +78,23 @@ class Trainer:
     holds the plain modules. ``log_every`` says on which steps per-group gradient norms are computed
     for callbacks. ``ema`` follows the network whose module is ``ema.source``. ``replicas`` (under
     torchrun) wraps phases in DDP and makes the ranks agree every ``replicas.sync_every`` steps and
-    at the end. ``compile`` is a ``torch.compile`` backend (``None``: eager).
+    at the end. ``compile`` is a ``torch.compile`` backend (``None``: eager). ``nan_check_every``:
+    steps between checks of the values recorded under ``on_nan="raise"`` (1: every update, before its
+    optimizer step).
     """
 
     def __init__(self, networks: Sequence[Network], phases: Sequence[Phase], gan: GANPair, stream: Iterator,
                  max_steps: int, callbacks: Sequence[Callback] = (), on_nan: str = "raise", audit: bool = False,
                  log_every: int = 0, precision: Precision | None = None, ema: EMA | None = None,
-                 replicas: Replicas | None = None, compile: Backend | None = None):
+                 replicas: Replicas | None = None, compile: Backend | None = None, nan_check_every: int = 50):
         if on_nan not in ON_NAN:
             raise ConfigError(f"trainer.on_nan must be one of {', '.join(ON_NAN)}, got {on_nan!r}")
+        if isinstance(nan_check_every, bool) or not isinstance(nan_check_every, int) or nan_check_every < 1:
+            raise ConfigError(f"trainer.nan_check_every must be an integer >= 1, got {nan_check_every!r}")
         validate_schedule(phases, networks)
         self.networks, self.phases, self.gan, self.stream = list(networks), list(phases), gan, stream
         self.max_steps, self.on_nan, self.audit, self.log_every = max_steps, on_nan, audit, log_every
+        self.nan_check_every = nan_check_every
         self.precision = precision or Precision("32")
         self.ema, self.replicas = ema, replicas
         self.world_size = replicas.world_size if replicas is not None else 1
@@ -92,6 +105,7 @@ class Trainer:
         self.should_stop = False
         self.rank_rng: list[dict] | None = None  # every rank's RNG state at the last agreement (for checkpoints)
         self._synced_at: int | None = None
+        self._unchecked: list[tuple[str, int, torch.Tensor, list[torch.Tensor]]] = []  # see verify_finite
         self._build_views(compile)
 
     def network(self, name: str) -> Network:
@@ -135,11 +149,12 @@ class Trainer:
         try:
             while self.state.step < self.max_steps and not self.should_stop:
                 self.train_step()
+            self.verify_finite()
+            if self.replicas is not None and self._synced_at != self.state.step:
+                self._sync_replicas()
         except BaseException as exc:
             self.callbacks.on_exception(self, exc)
             raise
-        if self.replicas is not None and self._synced_at != self.state.step:
-            self._sync_replicas()
         self.callbacks.on_train_end(self)
         return self.state
 
@@ -158,16 +173,20 @@ class Trainer:
         self.state.step = step + 1
         every = self.replicas.sync_every if self.replicas is not None else 0
         if every and self.state.step % every == 0:
+            self.verify_finite()  # every rank, at the same step: a failure stops them all
             self._sync_replicas()  # before the callbacks: the checkpoint written now holds agreed state
+        elif self.state.step % self.nan_check_every == 0:
+            self.verify_finite()
         self.callbacks.on_step_end(self)
 
     def _update(self, phase: Phase, step: int) -> PhaseResult:
         net, plan = phase.network, self.plans[phase.name]
         audit = IdleAudit(plan, self.networks, phase.name) if self.audit else None
         with plan():
-            net.optimizer.zero_grad(set_to_none=True)
+            for p in net.all_params:  # a stale .grad, even on an inactive group, would be stepped
+                p.grad = None
             loss, scalars = self._forward_backward(phase)
-            finite = self._check_finite(phase, step, loss)
+            finite = self._record_finite(phase, step, loss)
             if self.log_every and step % self.log_every == 0:
                 scalars.update(self._grad_norms(phase))
             if finite:
@@ -177,7 +196,8 @@ class Trainer:
                     self.ema.update(self.gan.batch_size * phase.accumulate * self.world_size)
             else:
                 self.state.skipped[phase.name] += 1
-            net.optimizer.zero_grad(set_to_none=True)
+            for p in plan.enable:  # only these can have received a gradient in this phase
+                p.grad = None
         if audit is not None:
             audit.verify()
         return PhaseResult(phase, step, loss, scalars, skipped=not finite)
@@ -189,7 +209,8 @@ class Trainer:
             real = self._next_real() if phase.loss.needs_real else None
             with self._sync_context(phase, last=micro == phase.accumulate - 1), self.precision.autocast():
                 loss, scalars = phase.loss(view, real)
-            scaled = loss * (phase.weight / phase.accumulate)
+            factor = phase.weight / phase.accumulate
+            scaled = loss if factor == 1.0 else loss * factor  # x * 1.0 == x: skip an op and its backward
             if phase.name in self.tied:
                 scaled = scaled + zero_tie(self.plans[phase.name].enable)
             self.precision.backward(phase.network, scaled)
@@ -206,24 +227,39 @@ class Trainer:
         wrapper = self.ddp.get(phase.name)
         if not last and wrapper is not None:
             return wrapper.no_sync()
-        return contextlib.nullcontext()
+        return _NO_CONTEXT
 
-    def _check_finite(self, phase: Phase, step: int, loss: torch.Tensor) -> bool:
+    def _record_finite(self, phase: Phase, step: int, loss: torch.Tensor) -> bool:
+        """Whether to apply this update; under ``raise``, only records it for :meth:`verify_finite`."""
+        if self.precision.handles_overflow:
+            return True  # with a GradScaler, overflow is its business: it skips and backs off
         grads = [p.grad for p in self.plans[phase.name].enable if p.grad is not None]
         norms = torch._foreach_norm(grads) if grads else []
-        # One host sync for loss and all gradients together.
-        bad = not bool(torch.isfinite(torch.stack([loss.float(), *[n.float() for n in norms]])).all())
+        if self.on_nan == "raise":
+            self._unchecked.append((phase.name, step, loss, norms))
+            if self.nan_check_every == 1:
+                self.verify_finite()  # before the optimizer step: the weights in memory stay finite
+            return True
+        bad = not _all_finite([loss, *norms])  # one host sync for loss and all gradients together
         if self.replicas is not None:
-            bad = self.replicas.any(bad)  # losses are per rank: all ranks must skip or raise together
-        if not bad or self.precision.handles_overflow:
-            return True  # with a GradScaler, overflow is its business: it skips and backs off
-        if self.on_nan == "skip":
-            return False
-        bad_norms = [n.item() for n in norms if not torch.isfinite(n)]
-        what = (f"loss {loss.item()}" if not torch.isfinite(loss) else
-                f"gradient (norm {bad_norms[0]})" if bad_norms else "gradient on another rank")
-        raise NonFiniteError(f"non-finite {what} in phase '{phase.name}' at step {step}; nothing was saved "
-                             "from this step. Lower the learning rate, or set trainer.on_nan=skip")
+            bad = self.replicas.any(bad)  # losses are per rank: all ranks must skip together
+        return not bad
+
+    def verify_finite(self) -> None:
+        """Raise :class:`NonFiniteError` naming the first non-finite update recorded since the last call.
+
+        One host sync for all of them. Gradients are all-reduced under DDP, so every rank finds a
+        non-finite gradient at the same check.
+        """
+        records, self._unchecked = self._unchecked, []
+        if not records or _all_finite([t for _, _, loss, norms in records for t in (loss, *norms)]):
+            return
+        for name, step, loss, norms in records:
+            bad_norms = [n.item() for n in norms if not torch.isfinite(n)]
+            if not torch.isfinite(loss) or bad_norms:
+                what = f"loss {loss.item()}" if not torch.isfinite(loss) else f"gradient (norm {bad_norms[0]})"
+                raise NonFiniteError(f"non-finite {what} in phase '{name}' at step {step}; no checkpoint holds "
+                                     "it. Lower the learning rate, or set trainer.on_nan=skip")
 
     def _grad_norms(self, phase: Phase) -> dict[str, torch.Tensor]:
         net, out = phase.network, {}
@@ -253,6 +289,10 @@ class Trainer:
         if self.rank_rng is not None:
             state["rng_ranks"] = self.rank_rng  # rank 0's is also "rng", which the checkpointer adds
         return state
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    return bool(torch.isfinite(torch.stack([t.float().reshape(()) for t in tensors])).all())
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:

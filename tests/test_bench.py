@@ -5,6 +5,7 @@ the Lightning module leave bit-identical weights, buffers, optimizer state and R
 """
 
 import importlib
+import importlib.util
 import subprocess
 import sys
 
@@ -66,6 +67,34 @@ def test_lightning_with_toggle_optimizer_ends_bit_identical(workload, sizes):
     module = fit_lightning(setup, STEPS)
     opt_d, opt_g = module.trainer.optimizers
     assert_identical(final_state(setup, {"G": opt_g, "D": opt_d}), plain_state(workload, sizes))
+
+
+def test_the_logged_variants_compute_the_same_and_write_tensorboard(tmp_path):
+    # Logging (TensorBoard every LOG_EVERY steps, a progress bar) is what the "-logged" rows add
+    # to the timing; it must change no number, and it must really log.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    workload, sizes = WORKLOADS[0]
+    setup = make_setup(workload, seed=3, **sizes)
+    trainer = alttrain_trainer(setup, max_steps=STEPS, log_dir=str(tmp_path / "alt"))
+    trainer.fit()
+    alt = final_state(setup, {"G": trainer.network("generator").optimizer,
+                              "D": trainer.network("discriminator").optimizer})
+    assert_identical(alt, plain_state(workload, sizes))
+    acc = EventAccumulator(str(tmp_path / "alt"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss/D")] == [0]  # LOG_EVERY = 50 > STEPS: step 0 only
+    assert "grad_norm/generator/all" in acc.Tags()["scalars"]
+    if importlib.util.find_spec("lightning") is None:
+        return
+    from alttrain.benchmarks.lightning_gan import fit_lightning
+
+    setup = make_setup(workload, seed=3, **sizes)
+    module = fit_lightning(setup, STEPS, log_dir=str(tmp_path / "pl"))
+    opt_d, opt_g = module.trainer.optimizers
+    assert_identical(final_state(setup, {"G": opt_g, "D": opt_d}), plain_state(workload, sizes))
+    assert module.trainer.logger is not None and module.trainer.progress_bar_callback is not None
+    assert set(module.trainer.logged_metrics) == {"loss/D", "loss/G"}
 
 
 def test_freezing_d_in_the_g_update_changes_cost_not_results():

@@ -27,7 +27,8 @@ class Recorder:
         return self.term(gan, real)
 
 
-def setup(n_critic=1, r1_every=None, audit=True, d_loss=losses.d_logistic, on_nan="raise", max_steps=10):
+def setup(n_critic=1, r1_every=None, audit=True, d_loss=losses.d_logistic, on_nan="raise", max_steps=10,
+          nan_check_every=50):
     torch.manual_seed(0)
     G, D = MLPGenerator(hidden_dim=16, depth=1), MLPDiscriminator(hidden_dim=16, depth=1)
     adam = functools.partial(torch.optim.Adam, lr=1e-3, betas=(0.5, 0.999), weight_decay=0.01)
@@ -40,7 +41,7 @@ def setup(n_critic=1, r1_every=None, audit=True, d_loss=losses.d_logistic, on_na
         phases.append(Phase("R1", d, Recorder(R1Penalty(gamma=1.0), log, "R1"), every=r1_every, weight=r1_every))
     data = ring8(batch_size=32)
     trainer = Trainer([g, d], phases, GANPair(G, D, G.latent_dim, 32), data.stream(seed=0),
-                      max_steps=max_steps, audit=audit, on_nan=on_nan)
+                      max_steps=max_steps, audit=audit, on_nan=on_nan, nan_check_every=nan_check_every)
     return trainer, log
 
 
@@ -79,13 +80,48 @@ def nan_loss(real_logits, fake_logits):
     return losses.d_logistic(real_logits, fake_logits) * float("nan")
 
 
-def test_nan_raises_with_phase_and_step_by_default():
-    trainer, _ = setup(d_loss=nan_loss, audit=False)
+def test_nan_check_every_update_raises_before_the_optimizer_step():
+    trainer, _ = setup(d_loss=nan_loss, audit=False, nan_check_every=1)
     d = trainer.networks[1]
     before = [p.detach().clone() for p in d.module.parameters()]
     with pytest.raises(NonFiniteError, match=r"non-finite loss nan in phase 'D' at step 0"):
         trainer.fit()
     assert all(torch.equal(a, b) for a, b in zip(before, d.module.parameters()))
+    assert trainer.state.step == 0 and trainer.state.phase_updates == {"D": 0, "G": 0}
+
+
+def nan_from_step(first: int):
+    calls = iter(range(10**6))
+
+    def d_loss(real_logits, fake_logits):
+        loss = losses.d_logistic(real_logits, fake_logits)
+        return loss * float("nan") if next(calls) >= first else loss
+    return d_loss
+
+
+def test_deferred_check_names_the_first_bad_update_at_the_next_check_step():
+    # D's loss is NaN from step 3 on; the check every 4 steps finds it after step 4 (steps 0-3) and
+    # names step 3, not a later one.
+    trainer, _ = setup(d_loss=nan_from_step(3), audit=False, nan_check_every=4)
+    with pytest.raises(NonFiniteError, match=r"non-finite loss nan in phase 'D' at step 3;"):
+        trainer.fit()
+    assert trainer.state.step == 4  # it ran on to the check: no host sync in between
+
+
+def test_deferred_check_runs_at_the_end_of_fit_and_on_demand():
+    trainer, _ = setup(d_loss=nan_from_step(2), audit=False, nan_check_every=50, max_steps=3)
+    with pytest.raises(NonFiniteError, match=r"phase 'D' at step 2;"):
+        trainer.fit()  # 3 steps < 50: found by the check at the end, before on_train_end
+    trainer, _ = setup(audit=False, nan_check_every=50, max_steps=2)
+    trainer.fit()
+    trainer.verify_finite()  # nothing recorded since the last check: passes without a sync
+    assert trainer._unchecked == []
+
+
+def test_nan_check_every_must_be_a_positive_integer():
+    trainer, _ = setup()
+    with pytest.raises(ConfigError, match="trainer.nan_check_every must be an integer >= 1, got 0"):
+        Trainer(trainer.networks, trainer.phases, trainer.gan, trainer.stream, max_steps=1, nan_check_every=0)
 
 
 def test_nan_skip_discards_the_update_counts_it_and_goes_on():

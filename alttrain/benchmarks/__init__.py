@@ -1,11 +1,16 @@
 """One GAN written three ways, to measure what a framework adds to a training step.
 
 * :func:`alttrain_trainer`: alttrain's :class:`~alttrain.trainer.Trainer` with the default D-then-G
-  schedule and the non-saturating logistic loss (``loss=ns``);
+  schedule and the non-saturating logistic loss (``loss=ns``), bare or ``logged``;
 * :class:`alttrain.benchmarks.plain_loop.PlainLoop`: the same math written by hand, the floor any
   framework adds overhead to;
 * :mod:`alttrain.benchmarks.lightning_gan`: Lightning manual optimization with
-  ``toggle_optimizer`` (needs the optional ``bench`` extra).
+  ``toggle_optimizer`` (needs the optional ``bench`` extra), bare or ``logged``.
+
+*Logged* is each framework as a user runs it by default: losses logged to TensorBoard every
+``LOG_EVERY`` steps and a progress bar. alttrain gets its TensorBoard logger and tqdm bar;
+Lightning gets its default ``Trainer`` (TensorBoard logger, progress bar, model summary) and a
+module that calls ``self.log_dict(..., prog_bar=True)`` each step, as Lightning's GAN example does.
 
 All three start from :func:`make_setup`, which builds the models from one seed and streams real
 data from alttrain's own sources, so the three runs see the same weights, the same batches and the
@@ -40,6 +45,7 @@ WORKLOADS = {
 # optim/adam.yaml, for both networks.
 ADAM = {"lr": 2e-4, "betas": (0.5, 0.999)}
 ALL_PARAMS = [{"name": "all", "params": ["*"]}]
+LOG_EVERY = 50  # conf/trainer/default.yaml's log_every, and Lightning's log_every_n_steps default
 
 
 @dataclass(eq=False)
@@ -84,14 +90,25 @@ def make_setup(workload: str, seed: int = 0, device: str | torch.device = "cpu",
                  s["latent_dim"], s["batch_size"], device)
 
 
-def alttrain_trainer(setup: Setup, max_steps: int) -> Trainer:
-    """The Trainer ``scripts/train.py`` would build for ``loss=ns``, without callbacks."""
+def alttrain_trainer(setup: Setup, max_steps: int, log_dir: str | None = None) -> Trainer:
+    """The Trainer ``scripts/train.py`` would build for ``loss=ns``: bare, or ``logged`` into ``log_dir``.
+
+    Logged: TensorBoard every ``LOG_EVERY`` steps and a tqdm bar (on stderr), as on a terminal;
+    no samples, checkpoints or metrics, which Lightning does not make by default either.
+    """
     g = build_network("generator", setup.generator, ALL_PARAMS, setup.optimizer)
     d = build_network("discriminator", setup.discriminator, ALL_PARAMS, setup.optimizer)
     phases = [Phase("D", d, DiscriminatorLoss(losses.d_logistic)),
               Phase("G", g, GeneratorLoss(losses.g_nonsaturating))]
     gan = GANPair(setup.generator, setup.discriminator, setup.latent_dim, setup.batch_size, setup.device)
-    return Trainer([g, d], phases, gan, setup.stream, max_steps=max_steps)
+    callbacks = []
+    if log_dir is not None:
+        from alttrain.callbacks.progress import ProgressBar
+        from alttrain.callbacks.tensorboard import TensorBoardLogger
+
+        callbacks = [ProgressBar(mode="always"), TensorBoardLogger(log_dir, log_every=LOG_EVERY)]
+    return Trainer([g, d], phases, gan, setup.stream, max_steps=max_steps, callbacks=callbacks,
+                   log_every=LOG_EVERY if log_dir is not None else 0)
 
 
-__all__ = ["ADAM", "WORKLOADS", "Setup", "alttrain_trainer", "make_setup"]
+__all__ = ["ADAM", "LOG_EVERY", "WORKLOADS", "Setup", "alttrain_trainer", "make_setup"]

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from alttrain.benchmarks import Setup
+from alttrain.benchmarks import LOG_EVERY, Setup
 from alttrain.errors import ConfigError
 from alttrain.losses import d_logistic, g_nonsaturating
 
@@ -60,9 +60,10 @@ def _module_class() -> type:
     class GANModule(pl.LightningModule):
         """D then G per batch, each update between ``toggle_optimizer`` and ``untoggle_optimizer``."""
 
-        def __init__(self, setup: Setup, marks: tuple[int, ...], clock: Callable[[], float]):
+        def __init__(self, setup: Setup, marks: tuple[int, ...], clock: Callable[[], float], log: bool = False):
             super().__init__()
             self.automatic_optimization = False
+            self.log_losses = log
             self.setup_, self.marks, self.clock = setup, marks, clock  # marks: batch indices to time
             self.generator, self.discriminator = setup.generator, setup.discriminator
             # The idle network's buffers are put back after each update, as alttrain does.
@@ -105,6 +106,8 @@ def _module_class() -> type:
             opt_g.step()
             _copy(self.d_buffers, self.d_saved)
             self.untoggle_optimizer(opt_g)
+            if self.log_losses:
+                self.log_dict({"loss/D": loss_d.detach(), "loss/G": loss_g.detach()}, prog_bar=True)
 
     return GANModule
 
@@ -116,14 +119,16 @@ def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
 
 
 def fit_lightning(setup: Setup, batches: int, marks: tuple[int, ...] = (),
-                  clock: Callable[[], float] = time.perf_counter) -> Any:
-    """Train ``batches`` D+G steps with a barebones Lightning Trainer; returns the module.
+                  clock: Callable[[], float] = time.perf_counter, log_dir: str | None = None) -> Any:
+    """Train ``batches`` D+G steps with Lightning; returns the module.
 
+    Bare (``log_dir=None``): ``barebones=True``, Lightning at its fastest. Logged: the default
+    Trainer writing into ``log_dir``, the module logging both losses each step with ``prog_bar=True``.
     The module's ``times`` holds the clock read at the start of each batch index in ``marks``.
     """
     pl = require_lightning()
     quiet_lightning()
-    module = _module_class()(setup, tuple(marks), clock)
+    module = _module_class()(setup, tuple(marks), clock, log=log_dir is not None)
     # A private generator for the DataLoader's base seed: drawing it from the global RNG would
     # shift every later latent draw and the weights could no longer be compared.
     loader = torch.utils.data.DataLoader(_Batches(setup.stream), batch_size=None,
@@ -131,16 +136,20 @@ def fit_lightning(setup: Setup, batches: int, marks: tuple[int, ...] = (),
     accelerator = "gpu" if setup.device.type == "cuda" else "cpu"
     devices = [setup.device.index or 0] if accelerator == "gpu" else 1
     # barebones: no logger, checkpointing, progress bar, model summary or sanity check, i.e.
-    # Lightning at its fastest.
+    # Lightning at its fastest. Logged: the defaults (its checkpoint is written after the last batch,
+    # outside the timed span).
+    options = ({"barebones": True} if log_dir is None else
+               {"default_root_dir": log_dir, "log_every_n_steps": LOG_EVERY})
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, max_epochs=1, max_steps=-1,
-                         limit_train_batches=batches, barebones=True)
+                         limit_train_batches=batches, **options)
     trainer.fit(module, train_dataloaders=loader)
     return module
 
 
-def run_lightning(setup: Setup, steps: int, warmup: int, clock: Callable[[], float] = time.perf_counter) -> float:
+def run_lightning(setup: Setup, steps: int, warmup: int, clock: Callable[[], float] = time.perf_counter,
+                  log_dir: str | None = None) -> float:
     """Seconds (of ``clock``) taken by ``steps`` steps after ``warmup`` untimed ones."""
     # The last batch only starts (and trains) after the clock is read: it closes the timed span.
-    module = fit_lightning(setup, warmup + steps + 1, marks=(warmup, warmup + steps), clock=clock)
+    module = fit_lightning(setup, warmup + steps + 1, marks=(warmup, warmup + steps), clock=clock, log_dir=log_dir)
     t0, t1 = module.times
     return t1 - t0

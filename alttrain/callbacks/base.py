@@ -19,7 +19,7 @@ class PhaseResult:
     phase: "Phase"
     step: int                               # trainer step the update belongs to
     loss: torch.Tensor                      # the phase's loss (before its weight)
-    scalars: dict[str, torch.Tensor]        # e.g. score/real, penalty/r1, grad_norm/<net>/<group>
+    scalars: dict[str, torch.Tensor]        # e.g. score/real, penalty/r1, grad_norm/<net>/<group>; logged as means
     skipped: bool = False                   # a non-finite update discarded under on_nan=skip
 
 

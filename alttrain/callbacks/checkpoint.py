@@ -34,6 +34,7 @@ class CheckpointCallback(Callback):
             self.save(trainer)
 
     def save(self, trainer) -> Path:
+        trainer.verify_finite()  # a checkpoint never holds the result of a non-finite update
         payload = trainer.state_dict()
         payload.update(format=FORMAT_VERSION, rng=capture_rng_state(), config=self.config_yaml, meta=self.meta)
         self.last_path = save_rotating(payload, self.ckpt_dir, trainer.state.step, keep=self.keep)

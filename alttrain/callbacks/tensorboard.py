@@ -29,8 +29,8 @@ class TensorBoardLogger(Callback):
     * ``loss/<phase>``: the mean over the phase's updates in that step (``repeat > 1``, e.g.
       ``n_critic``), so a 5-update D step is one point, comparable across ``repeat`` settings.
       Updates discarded as non-finite (``on_nan=skip``) are left out; ``skipped/<phase>`` counts them.
-    * every reported scalar under its own name (``score/real``, ``grad_norm/D/body``, ...), also the
-      mean over that step's reports;
+    * every reported scalar under its own name (``score/real``, ``grad_norm/D/body``, ...): the mean
+      of the reported tensor (a loss term may report a whole batch), averaged over that step's reports;
     * ``lr/<network>/<group>``, ``time/steps_per_sec`` (since the previous log step), and the
       counters ``phase_updates/<phase>`` and ``skipped/<phase>`` as of the end of that step.
 
@@ -154,11 +154,11 @@ class TensorBoardLogger(Callback):
 
 
 def _to_floats(pending: Mapping[str, list[torch.Tensor]]) -> dict[str, float]:
-    """Per-name means of device tensors, moved to the host in one transfer."""
+    """Per-name means (over reports, each report reduced to its mean), moved to the host in one transfer."""
     if not pending:
         return {}
     names = list(pending)
-    means = [torch.stack([v.detach().float().reshape(()) for v in pending[n]]).mean() for n in names]
+    means = [torch.stack([v.detach().float().mean() for v in pending[n]]).mean() for n in names]
     device = means[0].device
     host = torch.stack([m.to(device) for m in means]).tolist()
     return dict(zip(names, host))
