@@ -113,7 +113,26 @@ def save_rotating(payload: dict, ckpt_dir: str | Path, step: int, keep: int = 3)
     survivors = max(keep - 1, 0)
     for old in olds[survivors:]:
         old.unlink(missing_ok=True)  # a concurrent cleaner may have removed it already
+    _remove_stale_temps(ckpt_dir)
     return written
+
+
+def _remove_stale_temps(ckpt_dir: Path) -> None:
+    """Delete temporary files left by writers that were killed mid-write (their process is gone)."""
+    for tmp in ckpt_dir.glob(".*.tmp-*-*"):
+        pid = tmp.name.rsplit("-", 2)[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
 
 
 def list_step_checkpoints(ckpt_dir: str | Path) -> list[Path]:

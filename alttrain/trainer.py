@@ -292,7 +292,12 @@ class Trainer:
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
-    return bool(torch.isfinite(torch.stack([t.float().reshape(()) for t in tensors])).all())
+    """One host sync for many 0-d tensors (losses, norms); converting each first costs ops per tensor."""
+    try:
+        stacked = torch.stack(tensors)  # promotes dtypes; fails only on mixed shapes or devices
+    except RuntimeError:
+        stacked = torch.stack([t.float().reshape(()).to(tensors[0].device) for t in tensors])
+    return bool(torch.isfinite(stacked).all())
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from alttrain.app import train
-from conftest import ROOT, SCRIPTS, compose_config
+from conftest import RING8, ROOT, SCRIPTS, compose_config
 
-EARLIER = ("experiment=ring8", "data.batch_size=64", "model.hidden_dim=32", "trainer.max_steps=4",
+EARLIER = (*RING8, "data.batch_size=64", "model.hidden_dim=32", "trainer.max_steps=4",
            "trainer.checkpoint_every=2", "trainer.sample_every=2", "trainer.log_every=2", "metrics.num_samples=16",
            "trainer.progress=never")
 HYDRA = "hydra"  # expected exit: Hydra's own multi-line message and exit code 1
@@ -76,9 +76,10 @@ CASES = [
 
 
 def base_overrides(args: list[str]) -> list[str]:
-    """The earlier run's overrides, less the MLP size when a case switches to another model."""
+    """The earlier run's overrides, less the ring8 MLP settings when a case switches to another model."""
     switches = any(a.startswith(("model=", "experiment=")) for a in args)
-    return [o for o in EARLIER if not (switches and o.startswith("model.hidden_dim="))]
+    ring8_only = ("model.hidden_dim=", "model.depth=", "~trainer.phases.R1")
+    return [o for o in EARLIER if not (switches and o.startswith(ring8_only))]
 
 
 def snapshot(root: Path) -> dict[str, tuple]:

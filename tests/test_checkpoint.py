@@ -361,11 +361,14 @@ def test_sigkill_mid_write_then_resume_and_rotate(tmp_path):
     assert load_checkpoint(run_dir)["step"] == 1
     assert list_step_checkpoints(ckpt_dir) == [ckpt_dir / "step_00000001.pt"]
 
+    live = ckpt_dir / f".last.pt.tmp-{os.getppid()}-0a1b2c3d"  # a writer that is still running
+    live.write_bytes(b"in flight")
     for step in (2, 3, 4):
         save_rotating(make_payload(step), ckpt_dir, step, keep=2)
     visible = sorted(n for n in os.listdir(ckpt_dir) if not n.startswith("."))
     assert visible == ["last.pt", "step_00000003.pt", "step_00000004.pt"]
-    assert (ckpt_dir / temps[0]).exists()  # another writer's temp is never touched
+    assert not (ckpt_dir / temps[0]).exists()  # the killed writer's half file is cleaned up
+    assert live.read_bytes() == b"in flight"  # a live process's temp is never touched
     assert (ckpt_dir / "last.pt").read_bytes() == (ckpt_dir / "step_00000004.pt").read_bytes()
 
 

@@ -23,7 +23,7 @@ from alttrain.network import build_network
 from alttrain.objectives import DiscriminatorLoss, GANPair, GeneratorLoss, R1Penalty
 from alttrain.phases import Phase
 from alttrain.trainer import Trainer
-from conftest import compose_config
+from conftest import RING8, compose_config
 
 
 def make_trainer(backend, max_steps: int) -> Trainer:
@@ -64,7 +64,7 @@ def test_each_network_compiles_in_step_zero_never_again_and_matches_eager():
 
 def test_compile_through_the_config_keeps_plain_state_dict_keys(tmp_path):
     torch._dynamo.reset()
-    train(compose_config("experiment=ring8", "debug=default", "trainer.max_steps=2", "metrics.num_samples=100",
+    train(compose_config(*RING8, "debug=default", "trainer.max_steps=2", "metrics.num_samples=100",
                          "trainer.progress=never", "model.hidden_dim=16", "trainer.compile=aot_eager"), tmp_path)
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["trainer"]["step"] == 2
@@ -76,7 +76,7 @@ def test_compile_setting_names_a_backend():
     assert compile_backend(False) is None and compile_backend(True) == "inductor"
     assert compile_backend("aot_eager") == "aot_eager"
     with pytest.raises(ConfigError, match="trainer.compile must be false, true"):
-        build_components(compose_config("experiment=ring8", "trainer.compile=fast"))
+        build_components(compose_config(*RING8, "trainer.compile=fast"))
 
 
 def test_penalty_terms_are_known_to_need_double_backward():

@@ -35,12 +35,12 @@ from alttrain.objectives import GANPair, GeneratorLoss
 from alttrain import losses
 from alttrain.phases import Phase
 from alttrain.trainer import Trainer
-from conftest import ROOT, SCRIPTS, compose_config
+from conftest import RING8, ROOT, SCRIPTS, compose_config
 
 WORLD = 2
 # 4 steps of ring8 with small MLPs: D accumulates 2 micro-batches, a lazy R1 phase every 2 steps
 # (an input-gradient penalty, which leaves D's output bias without a gradient), an EMA generator.
-RUN = ("experiment=ring8", "debug=default", "model.hidden_dim=16", "data.batch_size=64", "trainer.max_steps=4",
+RUN = (*RING8, "debug=default", "model.hidden_dim=16", "data.batch_size=64", "trainer.max_steps=4",
        "trainer.checkpoint_every=2", "trainer.log_every=2", "trainer.sample_every=0", "metrics.num_samples=200",
        "trainer.progress=never", "+trainer.phases.D.accumulate=2", "trainer.ema.half_life_samples=500",
        "+trainer.phases.R1={network: discriminator, loss: r1, every: 2, weight: 2}")

@@ -19,7 +19,7 @@ from alttrain.network import build_network
 from alttrain.objectives import DiscriminatorLoss, GANPair, GeneratorLoss
 from alttrain.phases import Phase
 from alttrain.trainer import Trainer, load_trainer_state
-from conftest import compose_config
+from conftest import RING8, compose_config
 
 
 class Tiny(nn.Module):
@@ -105,18 +105,18 @@ def test_checkpoint_round_trip_restores_the_average_and_its_sample_count():
 
 
 def test_samples_and_metrics_draw_from_the_ema_copy(tmp_path):
-    cfg = compose_config("experiment=ring8", "trainer.ema.half_life_samples=1000")
+    cfg = compose_config(*RING8, "trainer.ema.half_life_samples=1000")
     comps = build_components(cfg)
     samples, metrics = make_callbacks(cfg, comps, tmp_path, "yaml")[1:3]
     assert samples.generator_fn() is comps.ema.model is metrics.evaluate.generator_fn()
     assert comps.ema.source is comps.generator.module
-    off = build_components(compose_config("experiment=ring8"))
-    assert off.ema is None and make_callbacks(compose_config("experiment=ring8"), off, tmp_path, "")[1].generator_fn() \
+    off = build_components(compose_config(*RING8))
+    assert off.ema is None and make_callbacks(compose_config(*RING8), off, tmp_path, "")[1].generator_fn() \
         is off.generator.module
 
 
 def test_a_configured_run_stores_the_ema_where_scripts_sample_reads_it(tmp_path):
-    train(compose_config("experiment=ring8", "debug=default", "trainer.max_steps=3", "metrics.num_samples=100",
+    train(compose_config(*RING8, "debug=default", "trainer.max_steps=3", "metrics.num_samples=100",
                          "trainer.progress=never", "trainer.ema.half_life_samples=500", "trainer.ema.rampup=0.05"),
           tmp_path)
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
@@ -132,7 +132,7 @@ def test_a_configured_run_stores_the_ema_where_scripts_sample_reads_it(tmp_path)
 ])
 def test_bad_ema_settings_are_named(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        build_components(compose_config("experiment=ring8", override))
+        build_components(compose_config(*RING8, override))
 
 
 def test_make_ema_is_off_without_a_half_life():

@@ -14,9 +14,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from alttrain.app import train
 from alttrain.checkpoint import assert_finite, list_step_checkpoints, load_checkpoint
-from conftest import ROOT, SCRIPTS, compose_config
+from conftest import RING8, ROOT, SCRIPTS, compose_config
 
-TINY = ("experiment=ring8", "data.batch_size=64", "model.hidden_dim=32", "trainer.log_every=1",
+TINY = (*RING8, "data.batch_size=64", "model.hidden_dim=32", "trainer.log_every=1",
         "trainer.sample_every=0", "metrics.num_samples=16", "trainer.progress=never")
 
 POISON = textwrap.dedent('''

@@ -18,7 +18,7 @@ from alttrain.objectives import DiscriminatorLoss, GANPair, GeneratorLoss
 from alttrain.phases import Phase
 from alttrain.precision import FloatOutput, Precision
 from alttrain.trainer import Trainer, load_trainer_state
-from conftest import compose_config
+from conftest import RING8, compose_config
 
 
 def make_trainer(G, D, precision, stream, batch, d_loss=losses.d_logistic, max_steps=3):
@@ -60,7 +60,7 @@ def test_bf16_trains_a_dcgan_with_batchnorm_on_the_cpu():
 
 
 def test_bf16_through_the_config_stores_its_mode(tmp_path):
-    train(compose_config("experiment=ring8", "debug=default", "trainer.max_steps=2", "metrics.num_samples=100",
+    train(compose_config(*RING8, "debug=default", "trainer.max_steps=2", "metrics.num_samples=100",
                          "trainer.progress=never", "trainer.precision=bf16"), tmp_path)
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["precision"] == {"mode": "bf16", "scalers": {}}
@@ -70,7 +70,7 @@ def test_fp16_needs_cuda():
     with pytest.raises(ConfigError, match="trainer.precision=16 needs a CUDA device"):
         Precision("16", "cpu")
     with pytest.raises(ConfigError, match="trainer.precision=16 needs a CUDA device"):
-        build_components(compose_config("experiment=ring8", "trainer.precision=16", "device=cpu"))
+        build_components(compose_config(*RING8, "trainer.precision=16", "device=cpu"))
 
 
 def test_float32_logits_wrapper_only_under_mixed_precision():

@@ -16,11 +16,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from alttrain.app import train
 from alttrain.checkpoint import assert_finite, list_step_checkpoints, load_checkpoint
-from conftest import ROOT, SCRIPTS, compose_config
+from conftest import RING8, ROOT, SCRIPTS, compose_config
 
 TINY = ("trainer.log_every=1", "trainer.sample_every=0", "metrics.num_samples=16", "trainer.progress=never")
 EXPERIMENTS = {
-    "ring8": ("experiment=ring8", "data.batch_size=64", "model.hidden_dim=32"),
+    "ring8": (*RING8, "data.batch_size=64", "model.hidden_dim=32"),
     # DCGAN with BatchNorm in both networks: running statistics must resume too.
     "digits": ("experiment=digits", "data.batch_size=16", "model.base_width=8", "model.latent_dim=16"),
 }

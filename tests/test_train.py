@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from alttrain.app import train
 from alttrain.checkpoint import load_checkpoint
-from conftest import ROOT, SCRIPTS, compose_config
+from conftest import RING8, ROOT, SCRIPTS, compose_config
 
 TINY = ("debug=default", "trainer.max_steps=6", "trainer.log_every=3", "trainer.sample_every=3",
         "trainer.checkpoint_every=3", "metrics.num_samples=200", "trainer.audit=true", "trainer.progress=never")
@@ -32,7 +32,7 @@ def events(run_dir):
 
 @pytest.mark.parametrize("loss", ["ns", "hinge", "wgan_gp", "lsgan"])
 def test_each_loss_trains_on_ring8_with_the_audit_on(tmp_path, loss):
-    cfg, metrics = run(tmp_path, "experiment=ring8", f"loss={loss}")
+    cfg, metrics = run(tmp_path, *RING8, f"loss={loss}")
     assert set(metrics) == {"modes", "high_quality", "reverse_kl"}
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["trainer"]["step"] == 6 and ckpt["trainer"]["phase_updates"] == {"D": 6, "G": 6}
@@ -58,7 +58,7 @@ def test_each_data_set_writes_a_complete_run_dir(tmp_path, experiment):
 
 
 def test_n_critic_and_a_lazy_r1_phase_from_the_command_line(tmp_path):
-    run(tmp_path, "experiment=ring8", "trainer.n_critic=3",
+    run(tmp_path, *RING8, "trainer.n_critic=3",
         "+trainer.phases.R1={network: discriminator, loss: r1, every: 4, weight: 4}")
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["trainer"]["phase_updates"] == {"D": 18, "G": 6, "R1": 2}  # steps 0..5; R1 at 0 and 4
@@ -66,7 +66,7 @@ def test_n_critic_and_a_lazy_r1_phase_from_the_command_line(tmp_path):
 
 def test_param_groups_with_their_own_learning_rates(tmp_path):
     groups = "[{name: body, params: ['body.*']}, {name: head, params: ['head.*'], lr: 1.0e-5}]"
-    run(tmp_path, "experiment=ring8", f"optim.discriminator.param_groups={groups}")
+    run(tmp_path, *RING8, f"optim.discriminator.param_groups={groups}")
     acc = events(tmp_path)
     assert acc.Scalars("lr/discriminator/head")[0].value == pytest.approx(1e-5)
     assert acc.Scalars("lr/discriminator/body")[0].value == pytest.approx(1e-3)
@@ -75,14 +75,14 @@ def test_param_groups_with_their_own_learning_rates(tmp_path):
 
 def test_train_script_runs_as_a_subprocess(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "train.py"), "experiment=ring8", *TINY,
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "train.py"), *RING8, *TINY,
                            f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "checkpoints" / "last.pt").is_file() and (out / "metrics.json").is_file()
 
 
 def test_a_multirun_sweep_makes_one_run_dir_per_job(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "train.py"), "-m", "experiment=ring8", "loss=ns,hinge",
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "train.py"), "-m", *RING8, "loss=ns,hinge",
                            "seed=0,1", *TINY, f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -114,7 +114,7 @@ def test_a_user_model_outside_the_package_plugs_in_by_target(tmp_path):
     '''))
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "train.py"), "experiment=ring8", *TINY,
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "train.py"), *RING8, *TINY,
                            "~model.generator", "~model.discriminator",
                            "+model.generator={_target_: my_gan.TinyGenerator, width: 8}",
                            "+model.discriminator={_target_: my_gan.TinyCritic}",
@@ -126,7 +126,7 @@ def test_a_user_model_outside_the_package_plugs_in_by_target(tmp_path):
 
 
 def test_sample_script_writes_a_tensor_and_a_png(tmp_path):
-    run(tmp_path / "pts", "experiment=ring8")
+    run(tmp_path / "pts", *RING8)
     run(tmp_path / "img", "experiment=digits")
     for kind, out, shape in (("pts", "s.pt", (50, 2)), ("img", "s.png", None), ("img", "s2.pt", (12, 1, 32, 32))):
         n = shape[0] if shape else 16

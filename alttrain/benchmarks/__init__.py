@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from alttrain import losses
+from alttrain.callbacks.base import Callback
 from alttrain.data import digits, ring8
 from alttrain.data.source import BatchStream
 from alttrain.errors import ConfigError
@@ -90,24 +91,26 @@ def make_setup(workload: str, seed: int = 0, device: str | torch.device = "cpu",
                  s["latent_dim"], s["batch_size"], device)
 
 
-def alttrain_trainer(setup: Setup, max_steps: int, log_dir: str | None = None) -> Trainer:
+def alttrain_trainer(setup: Setup, max_steps: int, log_dir: str | None = None,
+                     callbacks: Sequence[Callback] = ()) -> Trainer:
     """The Trainer ``scripts/train.py`` would build for ``loss=ns``: bare, or ``logged`` into ``log_dir``.
 
     Logged: TensorBoard every ``LOG_EVERY`` steps and a tqdm bar (on stderr), as on a terminal;
     no samples, checkpoints or metrics, which Lightning does not make by default either.
+    ``callbacks`` come after those (a benchmark's clock).
     """
     g = build_network("generator", setup.generator, ALL_PARAMS, setup.optimizer)
     d = build_network("discriminator", setup.discriminator, ALL_PARAMS, setup.optimizer)
     phases = [Phase("D", d, DiscriminatorLoss(losses.d_logistic)),
               Phase("G", g, GeneratorLoss(losses.g_nonsaturating))]
     gan = GANPair(setup.generator, setup.discriminator, setup.latent_dim, setup.batch_size, setup.device)
-    callbacks = []
+    logging: list[Callback] = []
     if log_dir is not None:
         from alttrain.callbacks.progress import ProgressBar
         from alttrain.callbacks.tensorboard import TensorBoardLogger
 
-        callbacks = [ProgressBar(mode="always"), TensorBoardLogger(log_dir, log_every=LOG_EVERY)]
-    return Trainer([g, d], phases, gan, setup.stream, max_steps=max_steps, callbacks=callbacks,
+        logging = [ProgressBar(mode="always"), TensorBoardLogger(log_dir, log_every=LOG_EVERY)]
+    return Trainer([g, d], phases, gan, setup.stream, max_steps=max_steps, callbacks=[*logging, *callbacks],
                    log_every=LOG_EVERY if log_dir is not None else 0)
 
 

@@ -5,9 +5,8 @@ The math and the order of draws from the global RNG are those of
 weights after any number of steps are the same. Lightning is an optional extra
 (``pip install -e ".[bench]"``) and is imported only when a function here is called.
 
-``run_lightning`` runs ``warmup + steps + 1`` batches and times batches ``warmup`` to
-``warmup + steps`` from the start of one ``training_step``'s batch to the start of another's,
-so Lightning's own per-batch work (hooks, batch transfer, progress tracking) is inside the timing.
+``run_lightning`` reads the clock at the start of chosen batches (``on_train_batch_start``), so
+Lightning's own per-batch work (hooks, batch transfer, progress tracking) is inside the timing.
 """
 
 from __future__ import annotations
@@ -64,7 +63,7 @@ def _module_class() -> type:
             super().__init__()
             self.automatic_optimization = False
             self.log_losses = log
-            self.setup_, self.marks, self.clock = setup, marks, clock  # marks: batch indices to time
+            self.setup_, self.marks, self.clock = setup, frozenset(marks), clock  # marks: batch indices to time
             self.generator, self.discriminator = setup.generator, setup.discriminator
             # The idle network's buffers are put back after each update, as alttrain does.
             self.g_buffers, self.d_buffers = list(self.generator.buffers()), list(self.discriminator.buffers())
@@ -146,10 +145,9 @@ def fit_lightning(setup: Setup, batches: int, marks: tuple[int, ...] = (),
     return module
 
 
-def run_lightning(setup: Setup, steps: int, warmup: int, clock: Callable[[], float] = time.perf_counter,
-                  log_dir: str | None = None) -> float:
-    """Seconds (of ``clock``) taken by ``steps`` steps after ``warmup`` untimed ones."""
-    # The last batch only starts (and trains) after the clock is read: it closes the timed span.
-    module = fit_lightning(setup, warmup + steps + 1, marks=(warmup, warmup + steps), clock=clock, log_dir=log_dir)
-    t0, t1 = module.times
-    return t1 - t0
+def run_lightning(setup: Setup, marks: list[int], clock: Callable[[], float] = time.perf_counter,
+                  log_dir: str | None = None) -> list[float]:
+    """The clock (``clock``) read when each of ``marks`` batches (ascending) had been trained."""
+    # The batch after the last mark only starts (and trains) after the clock is read: it closes the span.
+    module = fit_lightning(setup, marks[-1] + 1, marks=tuple(marks), clock=clock, log_dir=log_dir)
+    return module.times
