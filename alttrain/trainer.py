@@ -234,8 +234,9 @@ class Trainer:
         if self.precision.handles_overflow:
             return True  # with a GradScaler, overflow is its business: it skips and backs off
         grads = [p.grad for p in self.plans[phase.name].enable if p.grad is not None]
-        norms = torch._foreach_norm(grads) if grads else []
+        norms = [torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))] if grads else []
         if self.on_nan == "raise":
+            # One norm per update: a list of small tensors kept alive for 50 steps costs more than this.
             self._unchecked.append((phase.name, step, loss, norms))
             if self.nan_check_every == 1:
                 self.verify_finite()  # before the optimizer step: the weights in memory stay finite
