@@ -11,11 +11,12 @@ One *step* is one pass over the schedule (``Phase.is_due``). Every due phase, ``
 4. leave the plan: flags and idle buffers restored; report a :class:`PhaseResult`.
 
 Non-finite values (``on_nan``): under ``raise`` (the default) every update records its loss and
-its gradients' norms on the device, and :meth:`Trainer.verify_finite` checks everything recorded
-since the last check with one host sync: every ``nan_check_every`` steps, before every checkpoint
-and at the end. The error names the first non-finite update, and no checkpoint ever holds its
-result (``nan_check_every=1`` checks each update before its optimizer step). Under ``skip`` the check runs before each optimizer step (one host sync per update), so
-the update can be discarded.
+its total gradient norm on the device, and :meth:`Trainer.verify_finite` checks everything
+recorded since the last check with one host sync: every ``nan_check_every`` steps, before every
+checkpoint and at the end. The error names the first non-finite update, and no checkpoint ever
+holds its result (``nan_check_every=1`` checks each update before its optimizer step). Under
+``skip`` the check runs before each optimizer step (one host sync per update), so the update can
+be discarded.
 
 Counters: ``step`` counts schedule passes, ``phase_updates[name]`` optimizer updates (one per
 ``accumulate`` micro-batches), ``samples`` real samples drawn by all processes together. One
@@ -105,7 +106,8 @@ class Trainer:
         self.should_stop = False
         self.rank_rng: list[dict] | None = None  # every rank's RNG state at the last agreement (for checkpoints)
         self._synced_at: int | None = None
-        self._unchecked: list[tuple[str, int, torch.Tensor, list[torch.Tensor]]] = []  # see verify_finite
+        # (phase, step, loss, total gradient norm or None) per update since the last verify_finite
+        self._unchecked: list[tuple[str, int, torch.Tensor, torch.Tensor | None]] = []
         self._build_views(compile)
 
     def network(self, name: str) -> Network:
@@ -234,14 +236,14 @@ class Trainer:
         if self.precision.handles_overflow:
             return True  # with a GradScaler, overflow is its business: it skips and backs off
         grads = [p.grad for p in self.plans[phase.name].enable if p.grad is not None]
-        norms = [torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))] if grads else []
+        # One norm per update: a list of small tensors kept alive for 50 steps costs more than this.
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else None
         if self.on_nan == "raise":
-            # One norm per update: a list of small tensors kept alive for 50 steps costs more than this.
-            self._unchecked.append((phase.name, step, loss, norms))
+            self._unchecked.append((phase.name, step, loss, norm))
             if self.nan_check_every == 1:
                 self.verify_finite()  # before the optimizer step: the weights in memory stay finite
             return True
-        bad = not _all_finite([loss, *norms])  # one host sync for loss and all gradients together
+        bad = not _all_finite([loss] if norm is None else [loss, norm])  # one host sync for both
         if self.replicas is not None:
             bad = self.replicas.any(bad)  # losses are per rank: all ranks must skip together
         return not bad
@@ -253,12 +255,13 @@ class Trainer:
         non-finite gradient at the same check.
         """
         records, self._unchecked = self._unchecked, []
-        if not records or _all_finite([t for _, _, loss, norms in records for t in (loss, *norms)]):
+        values = [t for _, _, loss, norm in records for t in (loss, norm) if t is not None]
+        if not records or _all_finite(values):
             return
-        for name, step, loss, norms in records:
-            bad_norms = [n.item() for n in norms if not torch.isfinite(n)]
-            if not torch.isfinite(loss) or bad_norms:
-                what = f"loss {loss.item()}" if not torch.isfinite(loss) else f"gradient (norm {bad_norms[0]})"
+        for name, step, loss, norm in records:
+            what = (f"loss {loss.item()}" if not torch.isfinite(loss) else
+                    f"gradient (norm {norm.item()})" if norm is not None and not torch.isfinite(norm) else None)
+            if what is not None:
                 raise NonFiniteError(f"non-finite {what} in phase '{name}' at step {step}; no checkpoint holds "
                                      "it. Lower the learning rate, or set trainer.on_nan=skip")
 

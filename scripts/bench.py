@@ -59,6 +59,15 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(run, device, now) -> float:
+    """Seconds (of the clock ``now``) that ``run()`` takes, device work included."""
+    _sync(device)
+    t0 = now()
+    run()
+    _sync(device)
+    return now() - t0
+
+
 def time_impl(impl: str, workload: str, steps: int, warmup: int, device: str, seed: int, clock: str,
               blocks: int = 10) -> dict:
     """Steps/s of ``impl`` on ``workload``: ``steps`` steps after ``warmup`` untimed ones, in ``blocks``.
@@ -131,13 +140,6 @@ def time_paired(workload: str, steps: int, warmup: int, device: str, seed: int, 
     trainer.fit()
     block = max(1, steps // blocks)
 
-    def timed(run) -> float:
-        _sync(alt_setup.device)
-        t0 = now()
-        run()
-        _sync(alt_setup.device)
-        return now() - t0
-
     def alt_block() -> None:
         trainer.max_steps += block  # fit() continues from the step it reached
         trainer.fit()
@@ -145,11 +147,11 @@ def time_paired(workload: str, steps: int, warmup: int, device: str, seed: int, 
     plain_t, alt_t = [], []
     for i in range(blocks):
         if i % 2:
-            alt_t.append(timed(alt_block))
-            plain_t.append(timed(lambda: loop.run(block)))
+            alt_t.append(_timed(alt_block, alt_setup.device, now))
+            plain_t.append(_timed(lambda: loop.run(block), alt_setup.device, now))
         else:
-            plain_t.append(timed(lambda: loop.run(block)))
-            alt_t.append(timed(alt_block))
+            plain_t.append(_timed(lambda: loop.run(block), alt_setup.device, now))
+            alt_t.append(_timed(alt_block, alt_setup.device, now))
     return {"ratio": statistics.median(p / a for p, a in zip(plain_t, alt_t)),
             "plain_steps_per_s": block / statistics.median(plain_t),
             "alttrain_steps_per_s": block / statistics.median(alt_t)}
@@ -171,11 +173,7 @@ def time_g_phase(workload: str, steps: int, warmup: int, device: str, seed: int,
         loop.freeze_d = block % 2 == 0  # the math is the same either way: only the cost differs
         for _ in range(per_block):
             loop.d_step()
-            _sync(setup.device)
-            t0 = now()
-            loop.g_step()
-            _sync(setup.device)
-            times[loop.freeze_d].append(now() - t0)
+            times[loop.freeze_d].append(_timed(loop.g_step, setup.device, now))
     return {"g_frozen_s": statistics.median(times[True]), "g_trainable_s": statistics.median(times[False])}
 
 
