@@ -12,7 +12,9 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.optim.lr_scheduler import LRScheduler
 
+from alttrain.checkpoint import unstorable
 from alttrain.compile import compile_backend
 from alttrain.config import validate_config
 from alttrain.distributed import Replicas, make_replicas
@@ -22,6 +24,7 @@ from alttrain.network import Network, build_network
 from alttrain.objectives import GANPair, R1Penalty
 from alttrain.phases import Phase
 from alttrain.precision import Precision
+from alttrain.schedules import USE_INSTEAD, check_scheduler
 
 log = logging.getLogger("alttrain")
 
@@ -110,6 +113,29 @@ def build_model(key: str, node: DictConfig, sample_shape: tuple[int, ...]) -> to
     return module
 
 
+def build_scheduler(key: str, node: DictConfig | None, optimizer: torch.optim.Optimizer) -> LRScheduler | None:
+    """Build the ``_partial_`` scheduler node ``key`` for ``optimizer`` (``None`` when the node is null)."""
+    if node is None:
+        return None
+    factory = instantiate_node(key, node)
+    target = getattr(factory, "func", factory)  # the class behind functools.partial
+    if isinstance(target, type):
+        check_scheduler(target, key)  # before calling it: a class that is no scheduler never sees the optimizer
+    try:
+        scheduler = factory(optimizer)
+    except AltTrainError as exc:
+        raise type(exc)(f"{key}: {exc}") from None
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"cannot build {key} ({node.get('_target_')}): {exc}") from None
+    check_scheduler(scheduler, key)
+    # Found now rather than at the first checkpoint, possibly hours into the run.
+    problem = unstorable(scheduler.state_dict(), "state_dict()")
+    if problem is not None:
+        raise ConfigError(f"{key}: {problem}, which a checkpoint cannot hold (it is loaded with weights_only=True); "
+                          f"use a scheduler whose state is numbers, lists and dicts, e.g. {USE_INSTEAD}")
+    return scheduler
+
+
 def check_shapes(generator: torch.nn.Module, discriminator: torch.nn.Module, sample_shape: tuple[int, ...]) -> int:
     """Run both models once on a tiny batch; a model that cannot take the data's shape fails here."""
     latent_dim = getattr(generator, "latent_dim", None)
@@ -159,7 +185,7 @@ def warn_penalty_with_batchnorm(phases: list[Phase], discriminator: torch.nn.Mod
 
 
 def build_components(cfg: DictConfig) -> Components:
-    """Validate ``cfg`` and build data, models, param groups, optimizers, loss terms and phases."""
+    """Validate ``cfg`` and build data, models, param groups, optimizers, lr schedulers, loss terms and phases."""
     validate_config(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -174,7 +200,8 @@ def build_components(cfg: DictConfig) -> Components:
         optim_cfg = cfg.optim[name]
         factory = instantiate_node(f"optim.{name}.optimizer", optim_cfg.optimizer)
         groups = OmegaConf.to_container(optim_cfg.param_groups, resolve=True)
-        networks[name] = build_network(name, module, groups, factory)
+        networks[name] = net = build_network(name, module, groups, factory)
+        net.scheduler = build_scheduler(f"optim.{name}.scheduler", optim_cfg.get("scheduler"), net.optimizer)
     terms = {key: instantiate_node(f"loss.{key}", node) for key, node in cfg.loss.items()}
     phases = build_phases(cfg, networks, terms)
     warn_penalty_with_batchnorm(phases, discriminator)

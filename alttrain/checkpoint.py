@@ -36,13 +36,15 @@ from alttrain.rng import capture_rng_state, restore_rng_state
 
 __all__ = [
     "assert_finite", "capture_rng_state", "list_step_checkpoints", "load_checkpoint", "load_into",
-    "resolve_checkpoint_path", "restore_rng_state", "save_checkpoint", "save_rotating",
+    "resolve_checkpoint_path", "restore_rng_state", "save_checkpoint", "save_rotating", "unstorable",
 ]
 
 LAST_NAME = "last.pt"
 STEP_NAME = re.compile(r"step_(\d+)\.pt")  # temp files start with '.', so they never match
 FINITE_ROOTS = ("models", "optimizers", "ema")  # sub-trees that must never hold NaN/Inf
-_CONTAINERS = (dict, collections.OrderedDict, list, tuple, set)
+# Counter: MultiStepLR keeps its milestones in one, and torch.load(weights_only=True) accepts it.
+_MAPPINGS = (dict, collections.OrderedDict, collections.Counter)
+_CONTAINERS = (*_MAPPINGS, list, tuple, set)
 # Leaf types that torch.load(weights_only=True) accepts without extra allow-listing.
 _LEAVES = (
     type(None), bool, int, float, complex, str, bytes,
@@ -257,21 +259,29 @@ def _verify_zip(f: IO[bytes], p: Path) -> None:
         raise CheckpointError(f"{p} is a zip file but not a PyTorch checkpoint (no data.pkl)")
 
 
+def unstorable(obj: Any, prefix: str = "") -> str | None:
+    """``"'<key>' is a <type>"`` naming the first value in ``obj`` that ``torch.load(weights_only=True)``
+    refuses; ``None`` when there is none."""
+    for key, leaf in _walk(obj, prefix):
+        if type(leaf) not in _LEAVES:
+            return f"'{key}' is a {type(leaf).__module__}.{type(leaf).__qualname__}"
+    return None
+
+
 def _check_storable(payload: Any, path: Path) -> None:
     if type(payload) not in (dict, collections.OrderedDict):
         raise TypeError(f"checkpoint payload for {path} must be a dict, got {type(payload).__name__}")
-    for key, leaf in _walk(payload, ""):
-        if type(leaf) not in _LEAVES:
-            kind = f"{type(leaf).__module__}.{type(leaf).__qualname__}"
-            raise TypeError(
-                f"cannot save checkpoint {path}: '{key}' is a {kind}, which "
-                "torch.load(weights_only=True) refuses; store tensors, numbers, strings, lists or dicts"
-            )
+    problem = unstorable(payload)
+    if problem is not None:
+        raise TypeError(
+            f"cannot save checkpoint {path}: {problem}, which "
+            "torch.load(weights_only=True) refuses; store tensors, numbers, strings, lists or dicts"
+        )
 
 
 def _walk(obj: Any, prefix: str) -> Iterator[tuple[str, Any]]:
     """(dotted key path, leaf) for every non-container value, depth first in insertion order."""
-    if type(obj) in (dict, collections.OrderedDict):
+    if type(obj) in _MAPPINGS:
         items: Any = obj.items()
     elif type(obj) in _CONTAINERS:
         items = enumerate(obj)

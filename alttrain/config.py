@@ -93,9 +93,10 @@ def validate_config(cfg: DictConfig) -> None:
                               f"group; choose one of: {', '.join(cfg.loss)}")
     _check_keys("metrics.", cfg.get("metrics", {}), METRICS)
     for net in NETWORKS:
-        _check_keys(f"optim.{net}.", cfg.optim.get(net), {"optimizer": None, "param_groups": None},
+        _check_keys(f"optim.{net}.", cfg.optim.get(net), {"optimizer": None, "param_groups": None, "scheduler": None},
                     required=("optimizer", "param_groups"))
         _check_target(f"optim.{net}.optimizer", cfg.optim[net].optimizer, skip_first=True)
+        _check_scheduler_node(f"optim.{net}.scheduler", cfg.optim[net].get("scheduler"))
         _check_learning_rates(net, cfg.optim[net])
         if net not in cfg.model:
             raise ConfigError(f"model.{net} is missing: the model group must define generator and discriminator")
@@ -139,11 +140,21 @@ def _check_target(key: str, node: Any, skip_first: bool = False) -> None:
             raise ConfigError(f"unknown config key '{key}.{sub}': {node._target_} takes {', '.join(names) or 'no arguments'}")
         if isinstance(node[sub], DictConfig) and "_target_" in node[sub]:
             _check_target(f"{key}.{sub}", node[sub])
-    if node.get("_partial_", False):
-        return
+    if node.get("_partial_", False) and not skip_first:
+        return  # called later with arguments we cannot see here
+    # With skip_first, alttrain supplies only the first argument: every other required one must be here.
     missing = [n for n in names if params[n].default is inspect.Parameter.empty and n not in node]
     if missing:
         raise ConfigError(f"{key} needs {', '.join(missing)} (arguments of {node._target_})")
+
+
+def _check_scheduler_node(key: str, node: Any) -> None:
+    """null, or a ``_partial_`` node that alttrain calls with the network's optimizer."""
+    if node is None:
+        return
+    _check_target(key, node, skip_first=True)
+    if node.get("_partial_") is not True:
+        raise ConfigError(f"{key} needs _partial_: true (alttrain calls it with the network's optimizer)")
 
 
 def _locate(key: str, path: str) -> Any:

@@ -1,4 +1,4 @@
-"""A network as the trainer sees it: a module, its named parameter groups and its own optimizer."""
+"""A network as the trainer sees it: a module, its named parameter groups, its own optimizer and lr schedule."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from alttrain.errors import ConfigError
 from alttrain.params import GroupSpec, ResolvedGroup, apply_frozen, resolve_groups, summary_table, torch_param_groups
@@ -19,13 +20,15 @@ class Network:
     """One player of an alternating game.
 
     Everything the freeze context needs is cached here once, so that switching phases never walks
-    ``named_parameters()`` again.
+    ``named_parameters()`` again. ``scheduler`` (optional) is a ``torch.optim.lr_scheduler.LRScheduler``
+    of ``optimizer``; the trainer steps it once per trainer step.
     """
 
     name: str
     module: nn.Module
     groups: list[ResolvedGroup]
     optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler | None = None
     group_by_name: dict[str, ResolvedGroup] = field(init=False)
     all_params: list[nn.Parameter] = field(init=False)
     buffers: list[torch.Tensor] = field(init=False)
@@ -56,7 +59,10 @@ class Network:
         return params
 
     def summary(self) -> str:
-        return summary_table(self.groups, self.optimizer, title=f"{self.name} param groups")
+        title = f"{self.name} param groups"
+        if self.scheduler is not None:  # the lr column shows step 0's value
+            title += f" (lr scheduled by {type(self.scheduler).__name__})"
+        return summary_table(self.groups, self.optimizer, title=title)
 
 
 def build_network(name: str, module: nn.Module, group_specs: Sequence[GroupSpec | Mapping[str, Any]],

@@ -23,6 +23,12 @@ Counters: ``step`` counts schedule passes, ``phase_updates[name]`` optimizer upd
 update trains on ``batch_size * accumulate * world_size`` samples (the effective batch); under
 DDP, gradients are all-reduced once per update, on its last micro-batch.
 
+Learning-rate schedules: each network's ``scheduler`` (if any) is stepped once per trainer step,
+at the end of the step after all its phases and before the callbacks' ``on_step_end``. So a
+schedule counts trainer steps (``T_max``, ``total_iters`` and ``PiecewiseLinearLR`` points are
+in the unit of ``max_steps``), every update of step ``s`` uses the schedule's value at ``s``, and a
+checkpoint written at the end of step ``s`` holds the lr step ``s + 1`` will use.
+
 What a phase's loss sees is a *view* of the pair (:meth:`Trainer._build_views`): compiled
 forwards (``compile``), the phase's own network under DDP (``replicas``), float32 logits under
 mixed precision. Without any of those the view is ``gan`` itself.
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -48,6 +55,7 @@ from alttrain.network import Network
 from alttrain.objectives import GANPair
 from alttrain.phases import Phase, validate_schedule
 from alttrain.precision import Precision
+from alttrain.schedules import check_scheduler
 
 ON_NAN = ("raise", "skip")
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: one object instead of one per micro-batch
@@ -94,6 +102,11 @@ class Trainer:
             raise ConfigError(f"trainer.nan_check_every must be an integer >= 1, got {nan_check_every!r}")
         validate_schedule(phases, networks)
         self.networks, self.phases, self.gan, self.stream = list(networks), list(phases), gan, stream
+        for net in self.networks:
+            if net.scheduler is not None:
+                check_scheduler(net.scheduler, f"the scheduler of '{net.name}'")
+        # Listed once: a run without schedules does no per-step work for them.
+        self.schedulers = [net.scheduler for net in self.networks if net.scheduler is not None]
         self.max_steps, self.on_nan, self.audit, self.log_every = max_steps, on_nan, audit, log_every
         self.nan_check_every = nan_check_every
         self.precision = precision or Precision("32")
@@ -172,6 +185,8 @@ class Trainer:
             if phase.is_due(step):
                 for _ in range(phase.repeat):
                     self.callbacks.on_phase_end(self, self._update(phase, step))
+        if self.schedulers:
+            self._step_schedulers()
         self.state.step = step + 1
         every = self.replicas.sync_every if self.replicas is not None else 0
         if every and self.state.step % every == 0:
@@ -180,6 +195,16 @@ class Trainer:
         elif self.state.step % self.nan_check_every == 0:
             self.verify_finite()
         self.callbacks.on_step_end(self)
+
+    def _step_schedulers(self) -> None:
+        with warnings.catch_warnings():
+            # A schedule counts trainer steps, so it advances even when its optimizer made no update in
+            # this step (a GradScaler or on_nan=skip discarded it, or no phase of the network was due).
+            # torch warns about exactly that on a scheduler's first step.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before",
+                                    category=UserWarning)
+            for scheduler in self.schedulers:
+                scheduler.step()
 
     def _update(self, phase: Phase, step: int) -> PhaseResult:
         net, plan = phase.network, self.plans[phase.name]
@@ -290,6 +315,8 @@ class Trainer:
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if self.schedulers:
+            state["schedulers"] = {n.name: n.scheduler.state_dict() for n in self.networks if n.scheduler is not None}
         if self.rank_rng is not None:
             state["rng_ranks"] = self.rank_rng  # rank 0's is also "rng", which the checkpointer adds
         return state
@@ -328,6 +355,14 @@ def load_trainer_state(trainer: Trainer, state: dict[str, Any]) -> None:
             raise CheckpointError("this run has an EMA generator but the checkpoint holds none; "
                                   "resume with the original trainer.ema settings")
         trainer.ema.load_state_dict(state["ema"])
+    schedulers = state.get("schedulers", {})
+    for net in trainer.networks:
+        if net.scheduler is None:
+            continue
+        if net.name not in schedulers:
+            raise CheckpointError(f"this run has a {net.name} lr scheduler but the checkpoint holds none for it; "
+                                  f"resume with the original optim.{net.name}.scheduler")
+        net.scheduler.load_state_dict(schedulers[net.name])
     saved = TrainState()
     saved.load_state_dict(state["trainer"])
     # Phases added on resume start their counters at zero.

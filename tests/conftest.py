@@ -20,6 +20,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def env_with_pythonpath(*dirs, **extra: str) -> dict[str, str]:
+    """``os.environ`` with ``dirs`` in front of PYTHONPATH, which is kept: it may be what points at this checkout."""
+    path = os.pathsep.join([*map(str, dirs), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def compose_config(*overrides: str):
     """The config scripts/train.py would see for these command-line overrides."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -21,6 +21,8 @@ EARLIER = (*RING8, "data.batch_size=64", "model.hidden_dim=32", "trainer.max_ste
            "trainer.progress=never")
 HYDRA = "hydra"  # expected exit: Hydra's own multi-line message and exit code 1
 GROUPS = "optim.discriminator.param_groups="
+SCHEDULER = "optim.generator.scheduler="
+COSINE = SCHEDULER + "{_target_: torch.optim.lr_scheduler.CosineAnnealingLR, _partial_: true, T_max: 3}"
 
 # (id, script, arguments, fragments the error line must contain). In arguments and fragments,
 # {run} is the earlier run's dir and {bad} the folder of broken files.
@@ -45,6 +47,16 @@ CASES = [
      ["'head.weight' is matched by two param groups", "'a' and 'b'"]),
     ("uncovered parameters", "train", [GROUPS + "[{name: head, params: ['head.*']}]"],
      ["not covered", "body.0.weight"]),
+    ("scheduler ReduceLROnPlateau", "train",
+     [SCHEDULER + "{_target_: torch.optim.lr_scheduler.ReduceLROnPlateau, _partial_: true}"],
+     ["optim.generator.scheduler is ReduceLROnPlateau", "needs a metric", "CosineAnnealingLR"]),
+    ("scheduler argument typo", "train", [COSINE, "+optim.generator.scheduler.T_maxx=3"],
+     ["unknown config key 'optim.generator.scheduler.T_maxx'", "T_max"]),
+    ("scheduler target not a scheduler", "train", [SCHEDULER + "{_target_: torch.optim.SGD, _partial_: true}"],
+     ["optim.generator.scheduler must be a torch.optim.lr_scheduler.LRScheduler", "torch.optim.sgd.SGD"]),
+    ("scheduler points decreasing", "train",
+     [SCHEDULER + "{_target_: alttrain.schedules.PiecewiseLinearLR, _partial_: true, points: [[9, 1.0], [3, 0.1]]}"],
+     ["optim.generator.scheduler: PiecewiseLinearLR points[1] has step 3 after step 9", "strictly increase"]),
     ("model size out of range", "train", ["model.hidden_dim=0"], ["model.generator", "hidden_dim"]),
     ("image model on 2-D points", "train", ["model=dcgan"], ["model.generator", "image_size", "sample shape (2,)"]),
     ("batch larger than the data set", "train", ["experiment=digits", "data.batch_size=5000"],
@@ -66,6 +78,8 @@ CASES = [
      ["{run}/checkpoints/last.pt", "tensor 'body.0.weight' has shape (32, 2)", "(16, 2)"]),
     ("resume with other data settings", "train", ["resume={run}", "trainer.max_steps=8", "data.batch_size=32"],
      ["{run}/checkpoints/last.pt", "batch_size=64", "batch_size=32"]),
+    ("resume adding a scheduler", "train", ["resume={run}", "trainer.max_steps=8", COSINE],
+     ["{run}/checkpoints/last.pt", "holds none for it", "resume with the original optim.generator.scheduler"]),
     ("resume without raising max_steps", "train", ["resume={run}"],
      ["trainer.max_steps=4", "already at step 4", "trainer.max_steps=<more than 4>"]),
     ("sample pickled code", "sample", ["checkpoint={bad}/evil.pt"], ["{bad}/evil.pt contains pickled Python objects"]),

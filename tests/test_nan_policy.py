@@ -4,7 +4,6 @@ The NaN comes from a loss term defined in a user module on PYTHONPATH and plugge
 ``_target_``: G's loss, poisoned on chosen calls, so the failing step is known exactly.
 """
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from alttrain.app import train
 from alttrain.checkpoint import assert_finite, list_step_checkpoints, load_checkpoint
-from conftest import RING8, ROOT, SCRIPTS, compose_config
+from conftest import RING8, ROOT, SCRIPTS, compose_config, env_with_pythonpath
 
 TINY = (*RING8, "data.batch_size=64", "model.hidden_dim=32", "trainer.log_every=1",
         "trainer.sample_every=0", "metrics.num_samples=16", "trainer.progress=never")
@@ -45,7 +44,7 @@ POISON = textwrap.dedent('''
 
 def run_cli(tmp_path, run_dir, *overrides):
     (tmp_path / "poison.py").write_text(POISON)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env = env_with_pythonpath(tmp_path, OMP_NUM_THREADS="1")
     env.pop("HYDRA_FULL_ERROR", None)
     command = [sys.executable, str(SCRIPTS / "train.py"), *TINY, "loss.g._target_=poison.PoisonedGeneratorLoss",
                *overrides, f"hydra.run.dir={run_dir}"]

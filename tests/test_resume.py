@@ -28,6 +28,11 @@ EXPERIMENTS = {
 EXPERIMENTS["digits_ema_bf16"] = (*EXPERIMENTS["digits"], "trainer.ema.half_life_samples=64",
                                   "trainer.ema.rampup=0.05", "trainer.precision=bf16")
 N = 8  # steps of the straight run; the split run stops at N // 2
+# Both networks on PiecewiseLinearLR schedules whose lr changes on both sides of step N/2.
+PIECEWISE = "{_target_: alttrain.schedules.PiecewiseLinearLR, _partial_: true, points: %s}"
+EXPERIMENTS["ring8_schedules"] = (*EXPERIMENTS["ring8"],
+                                  "optim.generator.scheduler=" + PIECEWISE % "[[2, 1.0], [6, 0.25]]",
+                                  "optim.discriminator.scheduler=" + PIECEWISE % "[[0, 0.5], [8, 1.0]]")
 
 
 def run(run_dir, *overrides):
@@ -55,8 +60,9 @@ def assert_identical(a, b, path=""):
 
 
 def assert_same_training_state(a, b):
-    assert ("ema" in a) == ("ema" in b)
-    for key in ("models", "optimizers", "trainer", "data", "precision", "rng", *(["ema"] if "ema" in a else [])):
+    optional = [key for key in ("ema", "schedulers") if key in a]
+    assert optional == [key for key in ("ema", "schedulers") if key in b]
+    for key in ("models", "optimizers", "trainer", "data", "precision", "rng", *optional):
         compared = assert_identical(a[key], b[key], key)
         if key in ("models", "optimizers", "ema"):
             assert compared > 0, f"nothing compared under {key}"
@@ -99,8 +105,14 @@ def test_half_then_resume_with_max_steps_raised_equals_a_straight_run(tmp_path, 
     assert metrics == straight_metrics
     # The resumed half really trained: the weights moved on from the N/2 checkpoint.
     assert not all(torch.equal(t, half["models"]["generator"][k]) for k, t in resumed["models"]["generator"].items())
+    if "schedulers" in reference:
+        # The lrs really changed across the resume boundary (and the optimizers' lrs matched above).
+        for net, sched in reference["schedulers"].items():
+            assert sched["last_epoch"] == N and half["schedulers"][net]["last_epoch"] == N // 2
+            lrs = [ckpt["optimizers"][net]["param_groups"][0]["lr"] for ckpt in (half, resumed)]
+            assert lrs[0] != lrs[1], f"{net}'s lr did not change across the resume"
     # TensorBoard shows one continuous curve, equal to the straight run's.
-    for tag in ("loss/D", "loss/G", "grad_norm/generator/all"):
+    for tag in ("loss/D", "loss/G", "grad_norm/generator/all", "lr/generator/all", "lr/discriminator/all"):
         assert scalars(tmp_path, tag) == scalars(straight_dir, tag)
     assert [s for s, _ in scalars(tmp_path, "loss/D")] == list(range(N))
 

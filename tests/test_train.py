@@ -1,7 +1,6 @@
 """Real runs through the same entry the CLI uses: Hydra compose -> alttrain.app.train."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from alttrain.app import train
 from alttrain.checkpoint import load_checkpoint
-from conftest import RING8, ROOT, SCRIPTS, compose_config
+from conftest import RING8, ROOT, SCRIPTS, compose_config, env_with_pythonpath
 
 TINY = ("debug=default", "trainer.max_steps=6", "trainer.log_every=3", "trainer.sample_every=3",
         "trainer.checkpoint_every=3", "metrics.num_samples=200", "trainer.audit=true", "trainer.progress=never")
@@ -113,7 +112,7 @@ def test_a_user_model_outside_the_package_plugs_in_by_target(tmp_path):
                 return self.net(x).squeeze(-1)
     '''))
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = env_with_pythonpath(tmp_path)
     proc = subprocess.run([sys.executable, str(SCRIPTS / "train.py"), *RING8, *TINY,
                            "~model.generator", "~model.discriminator",
                            "+model.generator={_target_: my_gan.TinyGenerator, width: 8}",

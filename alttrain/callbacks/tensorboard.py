@@ -1,8 +1,8 @@
 """TensorBoard logging: losses, reported scalars, learning rates, counters, text, images, HParams.
 
 Everything the trainer reports stays on the device until a *log step* (``step % log_every == 0``);
-then all of that step's values are converted with a single host sync. Other steps cost one
-integer test per hook call.
+then all of that step's values are converted with a single host sync. Other steps cost an
+integer test or two per hook call.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ class TensorBoardLogger(Callback):
       Updates discarded as non-finite (``on_nan=skip``) are left out; ``skipped/<phase>`` counts them.
     * every reported scalar under its own name (``score/real``, ``grad_norm/D/body``, ...): the mean
       of the reported tensor (a loss term may report a whole batch), averaged over that step's reports;
-    * ``lr/<network>/<group>``, ``time/steps_per_sec`` (since the previous log step), and the
-      counters ``phase_updates/<phase>`` and ``skipped/<phase>`` as of the end of that step.
+    * ``lr/<network>/<group>``: the lr that step's updates used, read when the step began (lr
+      schedulers step at the end of a step, so the value at its end belongs to the next one);
+    * ``time/steps_per_sec`` (since the previous log step), and the counters ``phase_updates/<phase>``
+      and ``skipped/<phase>`` as of the end of that step.
 
     ``text`` (``{tag: text}``, e.g. the config YAML) is written once at train start as a code
     block; ``hparams`` (flat ``{name: str|int|float|bool}``) is written at train end together with
@@ -51,6 +53,7 @@ class TensorBoardLogger(Callback):
         self._purge_step: int | None = None
         self._pending: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._clock: tuple[float, int] | None = None  # (wall time, completed steps) at the last log step
+        self._lrs: dict[str, float] | None = None  # lr/* as the coming log step began
 
     # -- writer ------------------------------------------------------------------------------------
 
@@ -86,6 +89,7 @@ class TensorBoardLogger(Callback):
             self.writer.add_text(tag, _code_block(body), global_step=start)
         self._pending.clear()
         self._clock = (time.perf_counter(), start)
+        self._lrs = _learning_rates(trainer) if start % self.log_every == 0 else None
 
     def on_phase_end(self, trainer, result: PhaseResult) -> None:
         if result.step % self.log_every or result.skipped:
@@ -97,17 +101,22 @@ class TensorBoardLogger(Callback):
 
     def on_step_end(self, trainer) -> None:
         step = trainer.state.step - 1  # the step that just ended
-        if step % self.log_every:
-            return
+        if step % self.log_every == 0:
+            self._log_step(trainer, step)
+        if trainer.state.step % self.log_every == 0:
+            # Schedulers have stepped: these are the lrs of the next step, which is a log step.
+            self._lrs = _learning_rates(trainer)
+
+    def _log_step(self, trainer, step: int) -> None:
+        lrs, self._lrs = self._lrs, None
         values = _to_floats(self._pending)
         self._pending.clear()
         now, completed = time.perf_counter(), trainer.state.step  # after the sync: device work is done
         writer = self.writer
         for name, value in values.items():
             writer.add_scalar(name, value, step)
-        for net in trainer.networks:
-            for i, group in enumerate(net.optimizer.param_groups):
-                writer.add_scalar(f"lr/{net.name}/{group.get('name', i)}", float(group["lr"]), step)
+        for name, lr in (lrs if lrs is not None else _learning_rates(trainer)).items():
+            writer.add_scalar(name, lr, step)
         if self._clock is not None and now > self._clock[0]:
             writer.add_scalar("time/steps_per_sec", (completed - self._clock[1]) / (now - self._clock[0]), step)
         self._clock = (now, completed)
@@ -151,6 +160,12 @@ class TensorBoardLogger(Callback):
             self.writer.file_writer.add_summary(summary, step)
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, step)
+
+
+def _learning_rates(trainer) -> dict[str, float]:
+    """``lr/<network>/<group>`` of every optimizer param group, as it is now."""
+    return {f"lr/{net.name}/{group.get('name', i)}": float(group["lr"])
+            for net in trainer.networks for i, group in enumerate(net.optimizer.param_groups)}
 
 
 def _to_floats(pending: Mapping[str, list[torch.Tensor]]) -> dict[str, float]:
