@@ -10,12 +10,14 @@ One *step* is one pass over the schedule (``Phase.is_due``). Every due phase, ``
    never carry a stale ``.grad``);
 4. leave the plan: flags and idle buffers restored; report a :class:`PhaseResult`.
 
-Non-finite values (``on_nan``): under ``raise`` (the default) every update records its loss and
-its total gradient norm on the device, and :meth:`Trainer.verify_finite` checks everything
-recorded since the last check with one host sync: every ``nan_check_every`` steps, before every
-checkpoint and at the end. The error names the first non-finite update, and no checkpoint ever
-holds its result (``nan_check_every=1`` checks each update before its optimizer step). Under
-``skip`` the check runs before each optimizer step (one host sync per update), so the update can
+Non-finite values (``on_nan``): under ``raise`` (the default) every update records its loss on
+the device, and :meth:`Trainer.verify_finite` checks those losses and every network's weights with
+one host sync: every ``nan_check_every`` steps, before every checkpoint and at the end. A
+non-finite gradient shows in the weights it was stepped into, so no per-update gradient check is
+needed. The error names the first non-finite loss (or the network and the steps, when only a
+gradient was), and no checkpoint ever holds its result. ``nan_check_every=1`` checks each
+update's loss and gradient norm before its optimizer step and names the exact update. Under
+``skip`` that check runs before each optimizer step (one host sync per update), so the update can
 be discarded.
 
 Counters: ``step`` counts schedule passes, ``phase_updates[name]`` optimizer updates (one per
@@ -119,8 +121,8 @@ class Trainer:
         self.should_stop = False
         self.rank_rng: list[dict] | None = None  # every rank's RNG state at the last agreement (for checkpoints)
         self._synced_at: int | None = None
-        # (phase, step, loss, total gradient norm or None) per update since the last verify_finite
-        self._unchecked: list[tuple[str, int, torch.Tensor, torch.Tensor | None]] = []
+        # (phase, step, loss) per update since the last verify_finite
+        self._unchecked: list[tuple[str, int, torch.Tensor]] = []
         self._build_views(compile)
 
     def network(self, name: str) -> Network:
@@ -260,13 +262,17 @@ class Trainer:
         """Whether to apply this update; under ``raise``, only records it for :meth:`verify_finite`."""
         if self.precision.handles_overflow:
             return True  # with a GradScaler, overflow is its business: it skips and backs off
+        if self.on_nan == "raise" and self.nan_check_every > 1:
+            # The loss only: a non-finite gradient poisons the weights it is stepped into (Adam, SGD),
+            # and verify_finite checks those, so no per-update gradient norm is needed.
+            self._unchecked.append((phase.name, step, loss))
+            return True
         grads = [p.grad for p in self.plans[phase.name].enable if p.grad is not None]
-        # One norm per update: a list of small tensors kept alive for 50 steps costs more than this.
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else None
-        if self.on_nan == "raise":
-            self._unchecked.append((phase.name, step, loss, norm))
-            if self.nan_check_every == 1:
-                self.verify_finite()  # before the optimizer step: the weights in memory stay finite
+        if self.on_nan == "raise":  # nan_check_every == 1: before the optimizer step, so the weights stay finite
+            if not _all_finite([loss] if norm is None else [loss, norm]):
+                what = f"loss {loss.item()}" if not torch.isfinite(loss) else f"gradient (norm {norm.item()})"
+                raise _non_finite(f"{what} in phase '{phase.name}' at step {step}")
             return True
         bad = not _all_finite([loss] if norm is None else [loss, norm])  # one host sync for both
         if self.replicas is not None:
@@ -274,21 +280,29 @@ class Trainer:
         return not bad
 
     def verify_finite(self) -> None:
-        """Raise :class:`NonFiniteError` naming the first non-finite update recorded since the last call.
+        """Raise :class:`NonFiniteError` if an update recorded since the last call was non-finite.
 
-        One host sync for all of them. Gradients are all-reduced under DDP, so every rank finds a
-        non-finite gradient at the same check.
+        One host sync checks every recorded loss and the weights of every network. The error names
+        the first non-finite loss, or, if every loss was finite, the network whose weights a
+        non-finite gradient reached. A non-finite gradient behind a finite loss also makes the next
+        loss non-finite, so the named update may be one after it; ``nan_check_every=1`` checks every
+        gradient before its step. Gradients are all-reduced under DDP, so every rank finds
+        non-finite weights at the same check.
         """
         records, self._unchecked = self._unchecked, []
-        values = [t for _, _, loss, norm in records for t in (loss, norm) if t is not None]
-        if not records or _all_finite(values):
+        if not records:
             return
-        for name, step, loss, norm in records:
-            what = (f"loss {loss.item()}" if not torch.isfinite(loss) else
-                    f"gradient (norm {norm.item()})" if norm is not None and not torch.isfinite(norm) else None)
-            if what is not None:
-                raise NonFiniteError(f"non-finite {what} in phase '{name}' at step {step}; no checkpoint holds "
-                                     "it. Lower the learning rate, or set trainer.on_nan=skip")
+        weight_norms = [torch.linalg.vector_norm(torch.stack(torch._foreach_norm(n.all_params)))
+                        for n in self.networks]
+        if _all_finite([loss for _, _, loss in records] + weight_norms):
+            return
+        hint = f"the first since step {records[0][1]}; trainer.nan_check_every=1 checks each gradient too"
+        for name, step, loss in records:
+            if not torch.isfinite(loss):
+                raise _non_finite(f"loss {loss.item()} in phase '{name}' at step {step} ({hint})")
+        bad = next(n.name for n, norm in zip(self.networks, weight_norms) if not torch.isfinite(norm))
+        raise _non_finite(f"weights of '{bad}' after steps {records[0][1]}-{records[-1][1]}, whose losses were "
+                          "finite (a gradient was not; trainer.nan_check_every=1 stops at the exact update)")
 
     def _grad_norms(self, phase: Phase) -> dict[str, torch.Tensor]:
         net, out = phase.network, {}
@@ -320,6 +334,11 @@ class Trainer:
         if self.rank_rng is not None:
             state["rng_ranks"] = self.rank_rng  # rank 0's is also "rng", which the checkpointer adds
         return state
+
+
+def _non_finite(what: str) -> NonFiniteError:
+    return NonFiniteError(f"non-finite {what}; no checkpoint holds it. Lower the learning rate, or set "
+                          "trainer.on_nan=skip")
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:

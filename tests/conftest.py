@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SCRIPTS = ROOT / "scripts"
 # experiment=ring8 reduced to the plain D/G toy the tests reason about (the shipped experiment adds
-# an R1 phase, a third layer and an EMA generator for its mode-coverage results).
+# an R1 phase, a third layer, lr schedules and an EMA generator for its mode-coverage results).
 RING8 = ("experiment=ring8", "~trainer.phases.R1", "model.depth=2", "trainer.ema.half_life_samples=null",
-         "trainer.ema.rampup=null")
+         "trainer.ema.rampup=null", "optim.generator.scheduler=null", "optim.discriminator.scheduler=null")
 
 # pytest-xdist runs one process per core: more threads per process would only contend.
 if os.environ.get("PYTEST_XDIST_WORKER"):

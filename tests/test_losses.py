@@ -180,3 +180,25 @@ def test_penalties_work_with_frozen_d_and_under_no_grad(penalty):
     with torch.no_grad():
         close(run(), expected)
     assert d.w.grad is None
+
+
+# --- loss terms as the config builds them ---------------------------------------------------------
+
+@pytest.mark.parametrize("loss, d_fn, g_fn", [("ns", losses.d_logistic, losses.g_nonsaturating),
+                                              ("hinge", losses.d_hinge, losses.g_hinge),
+                                              ("lsgan", losses.d_lsgan, losses.g_lsgan),
+                                              ("wgan_gp", losses.d_wasserstein, losses.g_wasserstein)])
+def test_config_built_loss_terms_call_plain_partials_of_the_loss_functions(loss, d_fn, g_fn):
+    # Hydra's own _partial_ objects re-check a target policy on every call (hundreds of µs, each phase);
+    # the builder must hand the trainer plain partials of exactly the configured functions.
+    import functools
+
+    from alttrain.build import build_loss_terms
+    from conftest import compose_config
+
+    terms = build_loss_terms(compose_config(f"loss={loss}").loss)
+    assert type(terms["d"].fn) is functools.partial and terms["d"].fn.func is d_fn
+    assert type(terms["g"].fn) is functools.partial and terms["g"].fn.func is g_fn
+    real, fake = t(0.5, -1.0, 2.0), t(-0.25, 1.5, 0.0)
+    assert torch.equal(terms["d"].fn(real, fake), d_fn(real, fake))
+    assert torch.equal(terms["g"].fn(fake), g_fn(fake))

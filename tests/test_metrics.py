@@ -280,3 +280,14 @@ def test_real_accuracy_and_shape_errors(metrics, split):
         metrics.compute(split[2][:, :, :16, :16])
     with pytest.raises(ConfigError, match="at least 2"):
         metrics.compute(split[2][:1])
+
+
+def test_a_2d_run_never_imports_torchmetrics():
+    # torchmetrics takes seconds to import; only image metrics need it, so 2-D runs start faster.
+    import subprocess
+    import sys
+
+    code = ("import sys; import alttrain.app, alttrain.evaluate; from alttrain.metrics import mode_metrics; "
+            "assert 'torchmetrics' not in sys.modules, 'imported'; "
+            "from alttrain.metrics import ImageMetrics; assert 'torchmetrics' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -56,20 +56,26 @@ def files(root):
             if p.is_file()}
 
 
-@pytest.mark.parametrize("where, value", [("loss", "loss nan"), ("grad", "gradient (norm nan)")])
-def test_raise_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, where, value):
+@pytest.mark.parametrize("where, every, value", [
+    ("loss", 50, "loss nan in phase 'G' at step 6"),
+    # A finite loss with a NaN gradient: D's next loss is the first non-finite value the check before
+    # the step-8 checkpoint finds; checked every update, the update itself is named.
+    ("grad", 50, "loss nan in phase 'D' at step 7 (the first since step 4; trainer.nan_check_every=1"),
+    ("grad", 1, "gradient (norm nan) in phase 'G' at step 6"),
+])
+def test_raise_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, where, every, value):
     run_dir = tmp_path / "run"
     overrides = ("trainer.max_steps=4", "trainer.checkpoint_every=4")
     train(compose_config(*TINY, *overrides), run_dir, overrides)
     checkpoints = files(run_dir / "checkpoints")
     # Resumed at step 4, G's third call is step 6; the next checkpoint would have been at step 8.
     proc = run_cli(tmp_path, run_dir, "trainer.max_steps=10", "trainer.checkpoint_every=4", f"resume={run_dir}",
-                   "+loss.g.calls=[2]", f"+loss.g.where={where}")
+                   "+loss.g.calls=[2]", f"+loss.g.where={where}", f"trainer.nan_check_every={every}")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr
-    assert f"non-finite {value} in phase 'G' at step 6" in errors[0]
+    assert f"non-finite {value}" in errors[0]
     assert files(run_dir / "checkpoints") == checkpoints  # last.pt and the step files untouched
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert ckpt["trainer"]["step"] == 4

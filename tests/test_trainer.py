@@ -28,7 +28,7 @@ class Recorder:
 
 
 def setup(n_critic=1, r1_every=None, audit=True, d_loss=losses.d_logistic, on_nan="raise", max_steps=10,
-          nan_check_every=50):
+          nan_check_every=50, g_loss=losses.g_nonsaturating):
     torch.manual_seed(0)
     G, D = MLPGenerator(hidden_dim=16, depth=1), MLPDiscriminator(hidden_dim=16, depth=1)
     adam = functools.partial(torch.optim.Adam, lr=1e-3, betas=(0.5, 0.999), weight_decay=0.01)
@@ -36,7 +36,7 @@ def setup(n_critic=1, r1_every=None, audit=True, d_loss=losses.d_logistic, on_na
     d = build_network("discriminator", D, [{"name": "all", "params": ["*"]}], adam)
     log = []
     phases = [Phase("D", d, Recorder(DiscriminatorLoss(d_loss), log, "D"), repeat=n_critic),
-              Phase("G", g, Recorder(GeneratorLoss(losses.g_nonsaturating), log, "G"))]
+              Phase("G", g, Recorder(GeneratorLoss(g_loss), log, "G"))]
     if r1_every:
         phases.append(Phase("R1", d, Recorder(R1Penalty(gamma=1.0), log, "R1"), every=r1_every, weight=r1_every))
     data = ring8(batch_size=32)
@@ -103,19 +103,52 @@ def test_deferred_check_names_the_first_bad_update_at_the_next_check_step():
     # D's loss is NaN from step 3 on; the check every 4 steps finds it after step 4 (steps 0-3) and
     # names step 3, not a later one.
     trainer, _ = setup(d_loss=nan_from_step(3), audit=False, nan_check_every=4)
-    with pytest.raises(NonFiniteError, match=r"non-finite loss nan in phase 'D' at step 3;"):
+    with pytest.raises(NonFiniteError, match=r"non-finite loss nan in phase 'D' at step 3 \(the first since step 0;"):
         trainer.fit()
     assert trainer.state.step == 4  # it ran on to the check: no host sync in between
 
 
 def test_deferred_check_runs_at_the_end_of_fit_and_on_demand():
     trainer, _ = setup(d_loss=nan_from_step(2), audit=False, nan_check_every=50, max_steps=3)
-    with pytest.raises(NonFiniteError, match=r"phase 'D' at step 2;"):
+    with pytest.raises(NonFiniteError, match=r"phase 'D' at step 2 \("):
         trainer.fit()  # 3 steps < 50: found by the check at the end, before on_train_end
     trainer, _ = setup(audit=False, nan_check_every=50, max_steps=2)
     trainer.fit()
     trainer.verify_finite()  # nothing recorded since the last check: passes without a sync
     assert trainer._unchecked == []
+
+
+def nan_grad_at_call(bad: int, loss_fn=losses.g_nonsaturating):
+    """A loss, finite everywhere, whose gradient is NaN on call ``bad``: d sqrt(|x|)/dx at 0 is inf * 0."""
+    calls = iter(range(10**6))
+
+    def poisoned(*logits):
+        loss = loss_fn(*logits)
+        if next(calls) == bad:
+            loss = loss + (logits[-1] - logits[-1].detach()).abs().sqrt().sum()
+        return loss
+    return poisoned
+
+
+def test_a_non_finite_gradient_behind_a_finite_loss_is_found_in_the_weights():
+    # G's gradient is NaN at step 7, its last update before the check: only G's weights show it.
+    trainer, _ = setup(g_loss=nan_grad_at_call(7), audit=False, nan_check_every=4)
+    with pytest.raises(NonFiniteError, match=r"non-finite weights of 'generator' after steps 4-7, whose losses "
+                                             r"were finite .*nan_check_every=1 stops at the exact update"):
+        trainer.fit()
+    assert trainer.state.step == 8
+    # At step 5 it makes D's next loss (step 6) non-finite, which is named, with the hint.
+    trainer, _ = setup(g_loss=nan_grad_at_call(5), audit=False, nan_check_every=4)
+    with pytest.raises(NonFiniteError, match=r"non-finite loss nan in phase 'D' at step 6 \(the first since step 4; "
+                                             r"trainer.nan_check_every=1 checks each gradient too\)"):
+        trainer.fit()
+    # Checked every update: the exact update is named and stopped before its optimizer step.
+    trainer, _ = setup(g_loss=nan_grad_at_call(5), audit=False, nan_check_every=1)
+    g = trainer.networks[0]
+    with pytest.raises(NonFiniteError, match=r"non-finite gradient \(norm nan\) in phase 'G' at step 5;"):
+        trainer.fit()
+    assert all(torch.isfinite(p).all() for p in g.module.parameters())
+    assert trainer.state.step == 5 and trainer.state.phase_updates == {"D": 6, "G": 5}
 
 
 def test_nan_check_every_must_be_a_positive_integer():

@@ -1,7 +1,22 @@
-"""Sample-quality metrics: mode coverage for the 2-D mixtures, FID/KID and class coverage for digits."""
+"""Sample-quality metrics: mode coverage for the 2-D mixtures, FID/KID and class coverage for digits.
 
-from alttrain.metrics.classifier import DigitsClassifier, load_digits_classifier
-from alttrain.metrics.images import ImageMetrics
+The image metrics are imported on first use: torchmetrics takes seconds to import, and a run on
+2-D data never needs it.
+"""
+
+from typing import Any
+
 from alttrain.metrics.modes import mode_metrics
 
+_LAZY = {"DigitsClassifier": "alttrain.metrics.classifier", "load_digits_classifier": "alttrain.metrics.classifier",
+         "ImageMetrics": "alttrain.metrics.images"}
+
 __all__ = ["DigitsClassifier", "ImageMetrics", "load_digits_classifier", "mode_metrics"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
