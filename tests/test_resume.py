@@ -33,6 +33,11 @@ PIECEWISE = "{_target_: alttrain.schedules.PiecewiseLinearLR, _partial_: true, p
 EXPERIMENTS["ring8_schedules"] = (*EXPERIMENTS["ring8"],
                                   "optim.generator.scheduler=" + PIECEWISE % "[[2, 1.0], [6, 0.25]]",
                                   "optim.discriminator.scheduler=" + PIECEWISE % "[[0, 0.5], [8, 1.0]]")
+# The shipped grid25 experiment, shrunk: fused Adam, an R1 phase every 4 steps, an EMA generator and
+# schedules moved inside the N steps.
+EXPERIMENTS["grid25"] = ("experiment=grid25", "data.batch_size=64", "model.hidden_dim=32",
+                         "optim.generator.scheduler.points=[[2,1.0],[6,0.25]]",
+                         "optim.discriminator.scheduler.points=[[0,0.5],[8,1.0]]")
 
 
 def run(run_dir, *overrides):
