@@ -268,13 +268,13 @@ class Trainer:
             self._unchecked.append((phase.name, step, loss))
             return True
         grads = [p.grad for p in self.plans[phase.name].enable if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else None
+        norm = _total_norm(grads) if grads else None
+        bad = not _all_finite([loss] if norm is None else [loss, norm])  # one host sync for both
         if self.on_nan == "raise":  # nan_check_every == 1: before the optimizer step, so the weights stay finite
-            if not _all_finite([loss] if norm is None else [loss, norm]):
+            if bad:
                 what = f"loss {loss.item()}" if not torch.isfinite(loss) else f"gradient (norm {norm.item()})"
                 raise _non_finite(f"{what} in phase '{phase.name}' at step {step}")
             return True
-        bad = not _all_finite([loss] if norm is None else [loss, norm])  # one host sync for both
         if self.replicas is not None:
             bad = self.replicas.any(bad)  # losses are per rank: all ranks must skip together
         return not bad
@@ -292,8 +292,7 @@ class Trainer:
         records, self._unchecked = self._unchecked, []
         if not records:
             return
-        weight_norms = [torch.linalg.vector_norm(torch.stack(torch._foreach_norm(n.all_params)))
-                        for n in self.networks]
+        weight_norms = [_total_norm(n.all_params) for n in self.networks]
         if _all_finite([loss for _, _, loss in records] + weight_norms):
             return
         hint = f"the first since step {records[0][1]}; trainer.nan_check_every=1 checks each gradient too"
@@ -312,7 +311,7 @@ class Trainer:
                 continue
             grads = [p.grad for p in group.params if p.grad is not None]
             if grads:
-                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                norm = _total_norm(grads)
                 out[f"grad_norm/{net.name}/{group.name}"] = self.precision.unscaled_norm(net, norm)
         return out
 
@@ -339,6 +338,11 @@ class Trainer:
 def _non_finite(what: str) -> NonFiniteError:
     return NonFiniteError(f"non-finite {what}; no checkpoint holds it. Lower the learning rate, or set "
                           "trainer.on_nan=skip")
+
+
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all of ``tensors`` together, on their device (no host sync)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:

@@ -96,11 +96,10 @@ def make_setup(workload: str, seed: int = 0, device: str | torch.device = "cpu",
 
 def ns_loss_terms() -> dict:
     """The terms of ``conf/loss/ns.yaml``, built as ``scripts/train.py`` builds them (through Hydra)."""
-    path = NS_LOSS_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: the benchmark builds alttrain's loss from the repository's conf/; "
+    if not NS_LOSS_CONFIG.is_file():
+        raise ConfigError(f"{NS_LOSS_CONFIG} not found: the benchmark builds alttrain's loss from the repository's conf/; "
                           "run it from a checkout of the repository")
-    return build_loss_terms(OmegaConf.load(path))
+    return build_loss_terms(OmegaConf.load(NS_LOSS_CONFIG))
 
 
 def alttrain_trainer(setup: Setup, max_steps: int, log_dir: str | None = None,
@@ -126,4 +125,4 @@ def alttrain_trainer(setup: Setup, max_steps: int, log_dir: str | None = None,
                    log_every=LOG_EVERY if log_dir is not None else 0)
 
 
-__all__ = ["ns_loss_terms", "ADAM", "LOG_EVERY", "WORKLOADS", "Setup", "alttrain_trainer", "make_setup"]
+__all__ = ["ADAM", "LOG_EVERY", "WORKLOADS", "Setup", "alttrain_trainer", "make_setup", "ns_loss_terms"]
