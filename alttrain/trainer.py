@@ -362,15 +362,18 @@ def load_trainer_state(trainer: Trainer, state: dict[str, Any]) -> None:
     """Restore what :meth:`Trainer.state_dict` saved (models first, so a shape mismatch is named early)."""
     from alttrain.checkpoint import load_into
     from alttrain.errors import CheckpointError
+    from alttrain.resume import config_settings, restore_config_settings, warn_schedule_differences
 
     for net in trainer.networks:
         load_into(_unwrap(net.module), state["models"][net.name], net.name)
     for net in trainer.networks:
+        settings = config_settings(net)
         try:
             net.optimizer.load_state_dict(state["optimizers"][net.name])
         except (ValueError, KeyError) as exc:
             raise CheckpointError(f"the checkpoint's {net.name} optimizer does not fit this run's param groups "
                                   f"({exc}); resume with the same optim.{net.name}.param_groups") from None
+        restore_config_settings(net, settings)
     trainer.stream.load_state_dict(state["data"])
     trainer.precision.load_state_dict(state.get("precision", {}))
     if trainer.ema is not None:
@@ -380,6 +383,7 @@ def load_trainer_state(trainer: Trainer, state: dict[str, Any]) -> None:
         trainer.ema.load_state_dict(state["ema"])
     schedulers = state.get("schedulers", {})
     for net in trainer.networks:
+        warn_schedule_differences(net, schedulers.get(net.name))
         if net.scheduler is None:
             continue
         if net.name not in schedulers:

@@ -130,17 +130,27 @@ def test_bench_script_checks_times_and_tabulates(tmp_path):
     assert "- mlp: alttrain vs plain after 2 steps: bit-identical" in out
     assert "| mlp | plain |" in out and "| mlp | alttrain |" in out and "1.000x |" in out
     assert "mlp: alttrain / plain = " in out and "(interleaved in one process; target >= 0.97x)" in out
-    assert "| mlp | plain steps/s" not in out and "| workload | plain steps/s |" in out
+    assert "| mlp | alttrain / plain |" in out and "| >= 0.97x |" in out
     assert "lightning" not in out.split("correctness")[1]  # left out when not asked for
 
 
 def test_the_in_process_pairing_and_the_block_timer_report_rates():
     bench = import_script("bench")
-    paired = bench.time_paired("mlp", steps=4, warmup=1, device="cpu", seed=0, clock="cpu", blocks=2)
-    assert set(paired) == {"ratio", "plain_steps_per_s", "alttrain_steps_per_s"} and min(paired.values()) > 0
+    for num in ("alttrain", "alttrain-logged"):
+        paired = bench.time_paired("mlp", num, "plain", steps=4, warmup=1, device="cpu", seed=0, clock="cpu",
+                                   blocks=2)
+        assert set(paired) == {"ratio", "num_steps_per_s", "den_steps_per_s"} and min(paired.values()) > 0
     for impl in ("plain", "alttrain", "alttrain-logged"):
         rates = bench.time_impl(impl, "mlp", steps=4, warmup=1, device="cpu", seed=0, clock="wall", blocks=2)
         assert set(rates) == {"steps_per_s", "mean_steps_per_s"} and min(rates.values()) > 0
+
+
+def test_the_lightning_pairings_run_in_one_process():
+    pytest.importorskip("lightning")
+    bench = import_script("bench")
+    for num, den in (("alttrain", "lightning"), ("alttrain-logged", "lightning-logged")):
+        paired = bench.time_paired("mlp", num, den, steps=4, warmup=1, device="cpu", seed=0, clock="cpu", blocks=2)
+        assert set(paired) == {"ratio", "num_steps_per_s", "den_steps_per_s"} and min(paired.values()) > 0
 
 
 def test_the_g_phase_timer_reports_both_settings():

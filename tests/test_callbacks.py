@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from alttrain import render
-from alttrain.callbacks.base import Callback, CallbackList
+from alttrain.callbacks.base import Callback, CallbackList, PhaseResult
 from alttrain.callbacks.progress import ProgressBar
 from alttrain.callbacks.samples import SampleCallback
 from alttrain.callbacks.tensorboard import TensorBoardLogger
@@ -377,3 +377,19 @@ def test_progress_bar_when_forced(capsys):
     assert bar.bar is None  # closed
     with pytest.raises(ConfigError, match="mode"):
         ProgressBar(mode="sometimes")
+
+
+@pytest.mark.parametrize("mode", ["always", "never"])
+def test_progress_announces_discarded_updates(capsys, mode):
+    bar = ProgressBar(mode=mode, print_every=0)  # silenced progress lines do not silence the warning
+    trainer = make_trainer([bar], max_steps=3)
+    g_phase = trainer.phases[1]
+    bar.on_train_start(trainer)
+    for step in (0, 1):  # two discarded G updates: announced once, as it happens
+        bar.on_phase_end(trainer, PhaseResult(g_phase, step, torch.tensor(float("nan")), {}, skipped=True))
+    trainer.state.skipped["G"] = 2
+    bar.on_train_end(trainer)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: step 0: non-finite G update discarded (trainer.on_nan=skip); later ones are "
+                        "counted in skipped/G and in the total at the end",
+                        "warning: non-finite updates discarded (trainer.on_nan=skip), per phase: G 2"]

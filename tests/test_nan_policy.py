@@ -87,6 +87,11 @@ def test_skip_discards_counts_logs_and_goes_on(tmp_path):
     proc = run_cli(tmp_path, run_dir, "trainer.on_nan=skip", "trainer.max_steps=8", "trainer.checkpoint_every=2",
                    "+loss.g.calls=[2,5]")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [  # the first discard of G as it happens, the totals at the end
+        "warning: step 2: non-finite G update discarded (trainer.on_nan=skip); later ones are counted in "
+        "skipped/G and in the total at the end",
+        "warning: non-finite updates discarded (trainer.on_nan=skip), per phase: G 2"]
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("skipped/G")] == [

@@ -5,6 +5,7 @@ comparison is exact.
 """
 
 import io
+import logging
 from collections import Counter
 
 import numpy as np
@@ -279,3 +280,60 @@ def test_resuming_a_checkpoint_without_the_runs_scheduler_is_refused(tmp_path):
     resumed = (*SCHEDULED, "trainer.max_steps=4", "trainer.log_every=1", f"resume={tmp_path}")
     with pytest.raises(CheckpointError, match=r"holds none for it; resume with the original optim\.generator\.sched"):
         train(compose_config(*resumed), tmp_path, resumed)
+
+
+# -- resume: progress from the checkpoint, settings from the config -----------------------------------
+
+
+def resume_messages(tmp_path, caplog, first, then, steps=(2, 4)):
+    """Train ``first`` for steps[0] steps, resume with ``then`` to steps[1]; the log and the last checkpoint."""
+    head = (*first, f"trainer.max_steps={steps[0]}")
+    train(compose_config(*head), tmp_path, head)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="alttrain"):
+        tail = (*then, f"trainer.max_steps={steps[1]}", f"resume={tmp_path}")
+        train(compose_config(*tail), tmp_path, tail)
+    lines = [m for m in (r.getMessage() for r in caplog.records)
+             if "checkpoint" in m and not m.startswith("resumed from")]
+    return lines, torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+
+
+def test_an_unchanged_resume_reports_nothing(tmp_path, caplog):
+    lines, _ = resume_messages(tmp_path, caplog, SCHEDULED, SCHEDULED)
+    assert lines == []
+
+
+def test_optimizer_settings_changed_on_resume_are_the_configs(tmp_path, caplog):
+    changed = (*SMALL, "optim.generator.optimizer.lr=0.0005", "optim.discriminator.optimizer.betas=[0.5,0.9]")
+    lines, ckpt = resume_messages(tmp_path, caplog, SMALL, changed)
+    assert lines == ["optim.generator param group 'all': lr is 0.0005 in the config, 0.001 in the checkpoint; "
+                     "using the config's",
+                     "optim.discriminator param group 'all': betas is (0.5, 0.9) in the config, (0.0, 0.99) in the "
+                     "checkpoint; using the config's"]
+    g, d = (ckpt["optimizers"][n]["param_groups"][0] for n in ("generator", "discriminator"))
+    assert g["lr"] == 0.0005 and tuple(d["betas"]) == (0.5, 0.9)
+    assert ckpt["trainer"]["step"] == 4
+
+
+def test_a_changed_schedule_on_resume_is_named_and_the_checkpoints_continues(tmp_path, caplog):
+    other = PIECEWISE.replace("[6, 1.0]", "[8, 1.0]")
+    changed = (*SMALL, "optim.generator.optimizer.lr=0.125", f"optim.generator.scheduler={other}")
+    lines, ckpt = resume_messages(tmp_path, caplog, SCHEDULED, changed)
+    assert lines == [
+        "optim.generator param group 'all': lr 0.125 in the config, 0.0625 in the checkpoint; its scheduler "
+        "continues from the checkpoint with the base lr 0.0625 (start a new run to change it)",
+        "optim.generator.scheduler.points is [[0, 0.0], [2, 0.0], [8, 1.0]] in the config, [[0, 0.0], [2, 0.0], "
+        "[6, 1.0]] in the checkpoint; a resumed schedule continues with the checkpoint's (start a new run to "
+        "change it)"]
+    assert ckpt["optimizers"]["generator"]["param_groups"][0]["lr"] == G_LR[4]  # the checkpoint's schedule
+    assert ckpt["schedulers"]["generator"]["points"] == [[0, 0.0], [2, 0.0], [6, 1.0]]
+
+
+def test_a_schedule_dropped_on_resume_ends_at_the_configs_constant_lr(tmp_path, caplog):
+    lines, ckpt = resume_messages(tmp_path, caplog, SCHEDULED, (*SMALL, "optim.generator.optimizer.lr=0.0625"),
+                                  steps=(4, 5))
+    assert lines == [f"optim.generator param group 'all': lr is 0.0625 in the config, {G_LR[4]} in the checkpoint; "
+                     "using the config's",
+                     "the checkpoint's generator lr follows a scheduler that optim.generator.scheduler no longer "
+                     "sets: from here on its lr is the config's constant"]
+    assert ckpt["optimizers"]["generator"]["param_groups"][0]["lr"] == 0.0625 and "schedulers" not in ckpt

@@ -23,6 +23,9 @@ class ProgressBar(Callback):
     ``never`` does not. Without a bar, one line per ``print_every`` completed steps (default: a
     tenth of the run) goes to stderr, readable in CI and cluster logs; ``print_every=0`` silences it.
     A displayed loss is the phase's last update of that step.
+
+    Under ``trainer.on_nan=skip`` the first discarded update of each phase is announced when it
+    happens, and the run's totals (``TrainState.skipped``) at the end; neither depends on ``mode``.
     """
 
     def __init__(self, mode: str = "auto", refresh_every: int = 20, print_every: int | None = None):
@@ -37,12 +40,14 @@ class ProgressBar(Callback):
         self._losses: dict[str, torch.Tensor] = {}
         self._start: tuple[float, int] = (0.0, 0)  # (wall time, completed steps) at train start
         self._last: tuple[float, int] = (0.0, 0)   # the same at the last printed line
+        self._announced: set[str] = set()          # phases whose first discarded update was announced
 
     def on_train_start(self, trainer) -> None:
         use_bar = self.mode == "always" or (self.mode == "auto" and _is_terminal(sys.stderr))
         step = trainer.state.step
         self._start = self._last = (time.perf_counter(), step)
         self._losses.clear()
+        self._announced.clear()
         if use_bar:
             from tqdm.auto import tqdm
 
@@ -54,6 +59,11 @@ class ProgressBar(Callback):
             self._every = every
 
     def on_phase_end(self, trainer, result: PhaseResult) -> None:
+        name = result.phase.name
+        if result.skipped and name not in self._announced:
+            self._announced.add(name)
+            self._write(f"warning: step {result.step}: non-finite {name} update discarded (trainer.on_nan=skip); "
+                        f"later ones are counted in skipped/{name} and in the total at the end")
         # result.step + 1 is the completed-step count at which this step's losses are shown.
         if not self._every or (result.step + 1) % self._every:
             return
@@ -88,6 +98,18 @@ class ProgressBar(Callback):
             print(f"done: {trainer.state.step - self._start[1]} steps in {_duration(elapsed)}, "
                   f"at step {trainer.state.step}/{trainer.max_steps}", file=sys.stderr, flush=True)
         self.close()
+        skipped = {name: n for name, n in trainer.state.skipped.items() if n}
+        if skipped:
+            counts = ", ".join(f"{name} {n}" for name, n in skipped.items())
+            print(f"warning: non-finite updates discarded (trainer.on_nan=skip), per phase: {counts}",
+                  file=sys.stderr, flush=True)
+
+    def _write(self, line: str) -> None:
+        """One line on stderr, above the bar when one is drawn."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def on_exception(self, trainer, exc: BaseException) -> None:
         self.close()

@@ -1,0 +1,91 @@
+"""On resume, what comes from the checkpoint and what from the config.
+
+The checkpoint holds progress: weights, optimizer moments, schedule positions, counters, RNG
+states. The config holds settings. torch's ``load_state_dict`` restores an optimizer's or a
+scheduler's settings along with its progress, so a setting changed on resume (a lower lr, other
+betas, a longer decay) would be ignored without a word. Here:
+
+* an optimizer's hyper-parameters (``lr``, ``betas``, ``weight_decay``, ...) are the config's:
+  each one that differs from the checkpoint's is put back after loading, and logged;
+* a network with a scheduler continues from the checkpoint with the checkpoint's settings, its
+  schedule's included: a changed base lr or schedule setting gets a warning that says so;
+* a schedule the config no longer has ends: the lr is the config's constant, with a warning.
+
+With an unchanged config nothing differs and the resume stays bit-exact.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+
+from alttrain.network import Network
+
+log = logging.getLogger("alttrain")
+
+_NOT_SETTINGS = {"params", "param_names", "name"}  # a group's tensors and identity
+
+
+def config_settings(net: Network) -> list[dict[str, Any]]:
+    """The config's hyper-parameters of each of ``net``'s param groups: call before loading the checkpoint."""
+    return [{k: v for k, v in group.items() if k not in _NOT_SETTINGS} for group in net.optimizer.param_groups]
+
+
+def restore_config_settings(net: Network, settings: list[dict[str, Any]]) -> None:
+    """Put the config's ``settings`` back into ``net``'s loaded optimizer (see the module docstring).
+
+    A network with a scheduler keeps the checkpoint's settings: a schedule may own more than the
+    lr (OneCycleLR cycles Adam's betas), so only a changed base lr can be told from its progress.
+    """
+    for group, wanted in zip(net.optimizer.param_groups, settings):
+        where = f"optim.{net.name} param group {group.get('name')!r}"
+        if net.scheduler is not None:
+            if "initial_lr" in group and not _same(group["initial_lr"], wanted.get("initial_lr")):
+                log.warning("%s: lr %s in the config, %s in the checkpoint; its scheduler continues from the "
+                            "checkpoint with the base lr %s (start a new run to change it)",
+                            where, wanted.get("initial_lr"), group["initial_lr"], group["initial_lr"])
+            continue
+        for key, value in wanted.items():
+            if key in group and not _same(group[key], value):
+                log.info("%s: %s is %s in the config, %s in the checkpoint; using the config's", where, key, value,
+                         group[key])
+                group[key] = value
+
+
+def warn_schedule_differences(net: Network, saved: dict[str, Any] | None) -> None:
+    """Warn where ``net``'s scheduler from the config and the checkpoint's (``saved``) disagree."""
+    if net.scheduler is None:
+        if saved is not None:  # restore_config_settings has put the config's constant lr back
+            log.warning("the checkpoint's %s lr follows a scheduler that optim.%s.scheduler no longer sets: from "
+                        "here on its lr is the config's constant", net.name, net.name)
+        return
+    if saved is None:
+        return
+    for key, value, there in changed_scheduler_settings(net.scheduler, saved):
+        log.warning("optim.%s.scheduler.%s is %s in the config, %s in the checkpoint; a resumed schedule continues "
+                    "with the checkpoint's (start a new run to change it)", net.name, key, value, there)
+
+
+def changed_scheduler_settings(scheduler: LRScheduler, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(name, config value, checkpoint value)`` for each setting of ``scheduler`` that ``saved`` changes.
+
+    A setting is a constructor argument kept under its own name (``StepLR.step_size``,
+    ``PiecewiseLinearLR.points``, ``CosineAnnealingLR.T_max``); the rest of a scheduler's state is
+    its progress, which the checkpoint rightly restores.
+    """
+    current = scheduler.state_dict()
+    names = [n for n in inspect.signature(type(scheduler).__init__).parameters if n not in ("self", "optimizer")]
+    return [(n, current[n], saved[n]) for n in names
+            if n in current and n in saved and n != "last_epoch" and not _same(current[n], saved[n])]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
