@@ -6,7 +6,8 @@ scheduler's settings along with its progress, so a setting changed on resume (a 
 betas, a longer decay) would be ignored without a word. Here:
 
 * an optimizer's hyper-parameters (``lr``, ``betas``, ``weight_decay``, ...) are the config's:
-  each one that differs from the checkpoint's is put back after loading, and logged;
+  each one that differs from the checkpoint's is put back after loading, and logged; one that the
+  saved state cannot follow (turning Adam's ``amsgrad`` on or off) is refused;
 * a network with a scheduler continues from the checkpoint with the checkpoint's settings, its
   schedule's included: a changed base lr or schedule setting gets a warning that says so;
 * a schedule the config no longer has ends: the lr is the config's constant, with a warning.
@@ -23,11 +24,15 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from alttrain.errors import CheckpointError
 from alttrain.network import Network
 
 log = logging.getLogger("alttrain")
 
 _NOT_SETTINGS = {"params", "param_names", "name"}  # a group's tensors and identity
+# Options whose change would need optimizer state the checkpoint does not hold (amsgrad: Adam's
+# max_exp_avg_sq, which torch would look up, and miss, at the first step).
+_FIXED_ON_RESUME = {"amsgrad"}
 
 
 def config_settings(net: Network) -> list[dict[str, Any]]:
@@ -51,6 +56,10 @@ def restore_config_settings(net: Network, settings: list[dict[str, Any]]) -> Non
             continue
         for key, value in wanted.items():
             if key in group and not _same(group[key], value):
+                if key in _FIXED_ON_RESUME:
+                    raise CheckpointError(f"{where}: {key} is {value} in the config, {group[key]} in the checkpoint, "
+                                          f"and the checkpoint's optimizer state does not fit the change; resume "
+                                          f"with {key}: {group[key]}, or start a new run")
                 log.info("%s: %s is %s in the config, %s in the checkpoint; using the config's", where, key, value,
                          group[key])
                 group[key] = value

@@ -337,3 +337,13 @@ def test_a_schedule_dropped_on_resume_ends_at_the_configs_constant_lr(tmp_path, 
                      "the checkpoint's generator lr follows a scheduler that optim.generator.scheduler no longer "
                      "sets: from here on its lr is the config's constant"]
     assert ckpt["optimizers"]["generator"]["param_groups"][0]["lr"] == 0.0625 and "schedulers" not in ckpt
+
+
+def test_switching_amsgrad_on_resume_is_one_readable_error(tmp_path):
+    head = (*SMALL, "trainer.max_steps=2")
+    train(compose_config(*head), tmp_path, head)
+    tail = (*SMALL, "+optim.generator.optimizer.amsgrad=true", "trainer.max_steps=4", f"resume={tmp_path}")
+    with pytest.raises(CheckpointError, match=r"optim\.generator param group 'all': amsgrad is True in the config, "
+                                              r"False in the checkpoint, and .* does not fit the change; resume with amsgrad: False, or start"):
+        train(compose_config(*tail), tmp_path, tail)
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["trainer"]["step"] == 2
