@@ -383,13 +383,14 @@ def load_trainer_state(trainer: Trainer, state: dict[str, Any]) -> None:
         trainer.ema.load_state_dict(state["ema"])
     schedulers = state.get("schedulers", {})
     for net in trainer.networks:
-        warn_schedule_differences(net, schedulers.get(net.name))
+        schedule = schedulers.get(net.name)
+        warn_schedule_differences(net, schedule)
         if net.scheduler is None:
             continue
-        if net.name not in schedulers:
+        if schedule is None:
             raise CheckpointError(f"this run has a {net.name} lr scheduler but the checkpoint holds none for it; "
                                   f"resume with the original optim.{net.name}.scheduler")
-        net.scheduler.load_state_dict(schedulers[net.name])
+        net.scheduler.load_state_dict(schedule)
     saved = TrainState()
     saved.load_state_dict(state["trainer"])
     # Phases added on resume start their counters at zero.

@@ -59,8 +59,8 @@ class ProgressBar(Callback):
             self._every = every
 
     def on_phase_end(self, trainer, result: PhaseResult) -> None:
-        name = result.phase.name
-        if result.skipped and name not in self._announced:
+        if result.skipped and result.phase.name not in self._announced:
+            name = result.phase.name
             self._announced.add(name)
             self._write(f"warning: step {result.step}: non-finite {name} update discarded (trainer.on_nan=skip); "
                         f"later ones are counted in skipped/{name} and in the total at the end")
@@ -101,8 +101,7 @@ class ProgressBar(Callback):
         skipped = {name: n for name, n in trainer.state.skipped.items() if n}
         if skipped:
             counts = ", ".join(f"{name} {n}" for name, n in skipped.items())
-            print(f"warning: non-finite updates discarded (trainer.on_nan=skip), per phase: {counts}",
-                  file=sys.stderr, flush=True)
+            self._write(f"warning: non-finite updates discarded (trainer.on_nan=skip), per phase: {counts}")
 
     def _write(self, line: str) -> None:
         """One line on stderr, above the bar when one is drawn."""
