@@ -6,8 +6,10 @@
 ``out`` ending in ``.png`` writes an image grid (image data) or a scatter plot (2-D data);
 ``.pt`` writes the raw tensor of shape (num_samples, ...) for your own evaluation.
 Other arguments: ``seed=0`` (noise), ``ema=auto|true|false`` (use the EMA generator when the checkpoint has
-one), ``trust_target=false`` (a generator class outside ``alttrain.models`` is built only with ``true``:
-the checkpoint names the class to import, so only trust checkpoints you made).
+one), ``allow=pkg.module.Class,...`` and ``trust_target=false``: the checkpoint names the classes that
+rebuild the generator, and only alttrain's own models and ``torch.nn`` layers are built, at any depth of
+its config; ``allow=`` adds exact class names, ``trust_target=true`` the generator's own top-level class
+(only for checkpoints you trust).
 The checkpoint is loaded with ``weights_only=True`` after its integrity is checked.
 """
 
@@ -18,14 +20,15 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from alttrain.checkpoint import load_checkpoint, load_into, resolve_checkpoint_path
 from alttrain.cli import report_user_errors
 from alttrain.errors import CheckpointError, ConfigError
+from alttrain.persist.targets import check_targets
 
-DEFAULTS = {"checkpoint": None, "num_samples": "64", "out": None, "seed": "0", "ema": "auto", "trust_target": "false"}
-SAFE_PREFIX = "alttrain.models."
+DEFAULTS = {"checkpoint": None, "num_samples": "64", "out": None, "seed": "0", "ema": "auto", "trust_target": "false",
+            "allow": ""}
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -45,11 +48,12 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     return args
 
 
-def build_generator(payload: dict, use_ema: str, trust: bool) -> torch.nn.Module:
-    node = OmegaConf.create(payload["meta"]["generator"])
-    if not str(node._target_).startswith(SAFE_PREFIX) and not trust:
-        raise ConfigError(f"the checkpoint's generator is {node._target_}, outside {SAFE_PREFIX}*; pass "
-                          "trust_target=true to import it (only for checkpoints you trust)")
+def build_generator(payload: dict, use_ema: str, trust: bool, allow: list[str] = ()) -> torch.nn.Module:
+    text = payload["meta"]["generator"]
+    node = OmegaConf.create(text) if isinstance(text, str) else None
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise CheckpointError("the checkpoint's generator description is not a config node with a _target_")
+    check_targets(node, "meta.generator", allow=allow, trust_top=trust)
     generator = instantiate(node)
     has_ema = "ema" in payload
     if use_ema == "true" and not has_ema:
@@ -69,7 +73,8 @@ def main(argv: list[str]) -> None:
     if not isinstance(meta, dict) or not {"generator", "latent_dim", "kind"} <= set(meta) or "models" not in payload:
         raise CheckpointError(f"{path} is not an alttrain training checkpoint (no generator description in "
                               "'meta'); pass a checkpoints/last.pt or step_*.pt written by scripts/train.py")
-    generator = build_generator(payload, args["ema"], args["trust_target"] == "true")
+    allow = [name for name in args["allow"].split(",") if name]
+    generator = build_generator(payload, args["ema"], args["trust_target"] == "true", allow)
     # Imported only now: they pull in torchvision and torchmetrics, which bad input need not wait for.
     from alttrain.evaluate import generate
     from alttrain.render import image_grid, save_png, scatter_plot

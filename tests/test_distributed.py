@@ -7,6 +7,8 @@ One module-scoped spawn (``torch.multiprocessing.spawn``) starts a real process 
 
 import copy
 import functools
+import json
+import math
 import os
 import socket
 import subprocess
@@ -191,6 +193,25 @@ def test_torchrun_of_the_script_makes_one_time_stamped_run_dir(tmp_path):
     (run,) = tmp_path.iterdir()
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "metrics.json").is_file()
     assert load_checkpoint(run / "checkpoints" / "last.pt")["trainer"]["step"] == 4
+
+
+def test_torchrun_on_the_digits_evaluates_and_finishes(tmp_path):
+    """Rank 0 alone computes FID/KID, at eval_every and at the end; the metrics must not wait for rank 1.
+
+    torchmetrics' default sync_on_compute=True gathers across ranks inside compute(): rank 1, which
+    never calls it, left rank 0 deadlocked (periodic evaluation) or crashed it at the end.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+                           str(SCRIPTS / "train.py"), "debug=default", "trainer.max_steps=25",
+                           "trainer.checkpoint_every=10", "metrics.eval_every=10", "trainer.progress=never",
+                           "metrics.num_samples=64", f"hydra.run.dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["step"] == 25 and [h["step"] for h in record["history"]] == [10, 20, 25]
+    assert all(math.isfinite(h["fid"]) for h in record["history"])
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["trainer"]["step"] == 25
 
 
 # -- in one process -------------------------------------------------------------------------------

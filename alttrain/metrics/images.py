@@ -80,13 +80,16 @@ class ImageMetrics:
 
         wrapper = _PrecomputedFeatures(feats.shape[1])
         # reset_real_features=False: reset() after each compute drops only the fake statistics.
-        self._fid = FrechetInceptionDistance(feature=wrapper, reset_real_features=False)
+        # sync_on_compute=False: under torchrun only rank 0 evaluates, so a gather across ranks inside
+        # compute() would wait for processes that never call it (a hang, or a closed connection).
+        self._fid = FrechetInceptionDistance(feature=wrapper, reset_real_features=False, sync_on_compute=False)
         self._fid.update(feats, real=True)
         with warnings.catch_warnings():
             # KID warns that it keeps every feature; with a few thousand small vectors that is fine.
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
             self._kid = KernelInceptionDistance(
-                feature=wrapper, subsets=kid_subsets, subset_size=kid_subset_size, reset_real_features=False
+                feature=wrapper, subsets=kid_subsets, subset_size=kid_subset_size, reset_real_features=False,
+                sync_on_compute=False,
             )
         self._kid.update(feats, real=True)
         self.num_real = feats.shape[0]

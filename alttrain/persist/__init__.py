@@ -1,0 +1,1 @@
+"""What outlives a process: checkpoint files, the payload they hold, and resuming from them."""
