@@ -1,10 +1,25 @@
-"""Generator and discriminator networks: plain modules that take every size as an argument.
+"""Networks: plain modules that take every size as an argument.
 
 Generators expose ``latent_dim`` (z ~ N(0, I) of shape ``(B, latent_dim)``); discriminators
-return logits of shape ``(B,)``. Each module's docstring lists its parameter names for patterns.
+return logits of shape ``(B,)``. A conditional network takes ``labels`` as a ``forward`` parameter of
+that name. Each module's docstring lists its parameter names for patterns.
 """
 
+from alttrain.models.bigan import JointMLPDiscriminator, MLPEncoder
+from alttrain.models.conditional import (
+                                    ACGANDiscriminator,
+                                    ConditionalDCGANGenerator,
+                                    ProjectionDiscriminator,
+)
 from alttrain.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from alttrain.models.mlp import MLPDiscriminator, MLPGenerator
+from alttrain.models.resnet import (
+                                    ConditionalResNetGenerator,
+                                    ResNetDiscriminator,
+                                    ResNetGenerator,
+                                    ResNetProjectionDiscriminator,
+)
 
-__all__ = ["DCGANDiscriminator", "DCGANGenerator", "MLPDiscriminator", "MLPGenerator"]
+__all__ = ["ACGANDiscriminator", "ConditionalDCGANGenerator", "ConditionalResNetGenerator", "DCGANDiscriminator",
+           "DCGANGenerator", "JointMLPDiscriminator", "MLPDiscriminator", "MLPEncoder", "MLPGenerator",
+           "ProjectionDiscriminator", "ResNetDiscriminator", "ResNetGenerator", "ResNetProjectionDiscriminator"]

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from alttrain.checks import check_int, is_int
 from alttrain.errors import ConfigError
 
 G_NORMS = ("batch", "none")
@@ -42,16 +43,12 @@ D_NORMS = ("batch", "spectral", "none")
 
 
 def _positive_int(owner: str, name: str, value: object) -> int:
-    # bool is an int subclass; `channels: true` in YAML is a typo, not a 1.
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
-    return value
+    return check_int(f"{owner}: {name}", value, 1)
 
 
 def _doublings(owner: str, image_size: object) -> int:
     """Number of ×2 resolution steps between the 4×4 base map and ``image_size``."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8 \
-            or image_size & (image_size - 1):
+    if not is_int(image_size) or image_size < 8 or image_size & (image_size - 1):
         raise ConfigError(f"{owner}: image_size must be 8·2^k (8, 16, 32, 64, ...), got {image_size!r}")
     return image_size.bit_length() - 3  # 8 -> 1, 16 -> 2, 32 -> 3
 
@@ -75,7 +72,7 @@ def _dcgan_init(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.normal_(m.weight, 0.0, 0.02)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:  # conditional BatchNorm keeps its affine part elsewhere
             nn.init.normal_(m.weight, 1.0, 0.02)
         else:
             continue
@@ -164,10 +161,14 @@ class DCGANDiscriminator(nn.Module):
                 spectral_norm(block.conv)
             spectral_norm(self.head)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last 4×4 feature map, before ``head``: ``(B, base_width·2^(n-1), 4, 4)``."""
         _check_input(type(self).__name__, x, (self.channels, self.image_size, self.image_size),
                      "set the model's image_size and channels to match the data")
         h = x
         for block in self.blocks:
             h = block(h)
-        return self.head(h).flatten()
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).flatten()

@@ -18,14 +18,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alttrain.errors import ConfigError
+from alttrain.checks import check_int, check_range
 
 
 def _positive_int(owner: str, name: str, value: object, minimum: int = 1) -> int:
-    # bool is an int subclass; `depth: true` in YAML is a typo, not a 1.
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return check_int(f"{owner}: {name}", value, minimum)
 
 
 def _hidden_layers(owner: str, in_dim: int, hidden_dim: int, depth: int) -> nn.ModuleList:
@@ -70,10 +67,7 @@ class MLPDiscriminator(nn.Module):
         super().__init__()
         owner = type(self).__name__
         _positive_int(owner, "in_dim", in_dim)
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) \
-                or not 0 <= negative_slope < 1:
-            raise ConfigError(f"{owner}: negative_slope must be a number in [0, 1), got {negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = check_range(f"{owner}: negative_slope", negative_slope, 0, 1, high_open=True)
         self.body = _hidden_layers(owner, in_dim, hidden_dim, depth)
         self.head = nn.Linear(hidden_dim, 1)
 

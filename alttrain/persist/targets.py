@@ -17,7 +17,8 @@ resolver is code.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf

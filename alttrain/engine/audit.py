@@ -11,20 +11,21 @@ something to leave on for long runs.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
+from alttrain.engine.freeze import FreezePlan
+from alttrain.engine.network import Network
 from alttrain.errors import FreezeViolation
-from alttrain.freeze import FreezePlan
-from alttrain.network import Network
 
 
 def _idle_tensors(plan: FreezePlan, networks: Sequence[Network]) -> Iterator[tuple[str, torch.Tensor]]:
     """(qualified name, tensor) for everything the phase must not change."""
     enabled = {id(p) for p in plan.enable}
+    active = {id(n) for n in plan.active}
     for net in networks:
-        idle_net = net is not plan.active
+        idle_net = id(net) not in active
         for name, p in net.module.named_parameters():
             if id(p) not in enabled:
                 yield f"{net.name}.{name}", p

@@ -1,4 +1,4 @@
-"""Freezing, switched per phase: one network's active groups train, everything else stands still.
+"""Freezing, switched per phase: the phase's networks' active groups train, everything else stands still.
 
 ``FreezePlan`` is computed once per phase (the parameter lists are cached), and each
 ``with plan():`` opens its own frame that records every flag it touches and restores it on exit,
@@ -16,30 +16,46 @@ copied back on exit: the idle network leaves the phase bit-identical.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
-from alttrain.network import Network
+from alttrain.engine.network import Network
 
 
 class FreezePlan:
-    """What one phase trains: ``active`` network, restricted to ``groups`` (``None``: all non-frozen)."""
+    """What one phase trains: the ``active`` networks, each restricted to its ``groups``.
 
-    def __init__(self, networks: Sequence[Network], active: Network, groups: Sequence[str] | None = None):
-        self.active = active
-        self.groups = None if groups is None else tuple(groups)
-        self.enable = active.active_params(self.groups)
+    ``active`` is one network or several; ``groups`` is a list of group names (one active network)
+    or ``{network name: [groups] | None}``; ``None`` means every non-frozen group.
+    """
+
+    def __init__(self, networks: Sequence[Network], active: Network | Sequence[Network],
+                 groups: Sequence[str] | Mapping[str, Sequence[str] | None] | None = None):
+        self.active = (active,) if isinstance(active, Network) else tuple(active)
+        if groups is None or isinstance(groups, Mapping):
+            per_net = {n.name: None if not groups or groups.get(n.name) is None else tuple(groups[n.name])
+                       for n in self.active}
+        else:
+            per_net = {self.active[0].name: tuple(groups)}
+        self.groups = per_net
+        self.enable = [p for net in self.active for p in net.active_params(per_net[net.name])]
         enabled = {id(p) for p in self.enable}
         # Every parameter of every managed network that is not enabled is switched off, the active
-        # network's inactive and frozen groups included.
+        # networks' inactive and frozen groups included.
         self.disable = [p for net in networks for p in net.all_params if id(p) not in enabled]
-        self.idle_networks = [net for net in networks if net is not active]
+        active_ids = {id(n) for n in self.active}
+        self.idle_networks = [net for net in networks if id(net) not in active_ids]
         self.idle_buffers = [b for net in self.idle_networks for b in net.buffers]
         self._snapshots = [torch.empty_like(b) for b in self.idle_buffers]
+        # Restored through `.data`, which shares the buffers' storage but not their autograd version
+        # counters: a graph built before the phase (the step's shared fakes, alttrain.engine.reuse) may have
+        # saved an idle network's BatchNorm statistics, and putting back the very values it saved must not
+        # make that graph unusable. Every graph made inside the phase is backpropagated before the restore.
+        self._restore_into = [b.data for b in self.idle_buffers]
         self._depth = 0  # buffer snapshots are taken by the outermost frame only
 
-    def __call__(self) -> "_FreezeFrame":
+    def __call__(self) -> _FreezeFrame:
         return _FreezeFrame(self)
 
     @property
@@ -75,7 +91,7 @@ class _FreezeFrame:
         plan = self.plan
         plan._depth -= 1
         if self.owns_buffers and plan.idle_buffers:
-            _copy_all(plan.idle_buffers, plan._snapshots)
+            _copy_all(plan._restore_into, plan._snapshots)
         for p in self.switched_on:
             p.requires_grad = False
         for p in self.switched_off:

@@ -22,35 +22,31 @@ import collections
 import os
 import pickle
 import re
-import secrets
-import shutil
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Mapping
+from typing import IO, Any
 
 import torch
 from torch import nn
 
 from alttrain.errors import CheckpointError, NonFiniteError
-from alttrain.rng import capture_rng_state, restore_rng_state
+from alttrain.persist.files import (
+    atomic_write,
+    fsync_dir,
+    remove_stale_temps,
+    replace_with_copy,
+)
+from alttrain.persist.schema import FINITE_ROOTS
+from alttrain.persist.tree import unstorable, walk
 
 __all__ = [
-    "assert_finite", "capture_rng_state", "list_step_checkpoints", "load_checkpoint", "load_into",
-    "resolve_checkpoint_path", "restore_rng_state", "save_checkpoint", "save_rotating", "unstorable",
+    "assert_finite", "list_step_checkpoints", "load_checkpoint", "load_into", "resolve_checkpoint_path",
+    "save_checkpoint", "save_rotating", "unstorable",
 ]
 
 LAST_NAME = "last.pt"
 STEP_NAME = re.compile(r"step_(\d+)\.pt")  # temp files start with '.', so they never match
-FINITE_ROOTS = ("models", "optimizers", "ema")  # sub-trees that must never hold NaN/Inf
-# Counter: MultiStepLR keeps its milestones in one, and torch.load(weights_only=True) accepts it.
-_MAPPINGS = (dict, collections.OrderedDict, collections.Counter)
-_CONTAINERS = (*_MAPPINGS, list, tuple, set)
-# Leaf types that torch.load(weights_only=True) accepts without extra allow-listing.
-_LEAVES = (
-    type(None), bool, int, float, complex, str, bytes,
-    torch.Tensor, nn.Parameter, torch.Size, torch.dtype, torch.device,
-)
-
 
 def save_checkpoint(payload: dict, path: str | Path) -> None:
     """Write ``payload`` to ``path`` atomically, after checking it is finite and safely loadable.
@@ -62,10 +58,13 @@ def save_checkpoint(payload: dict, path: str | Path) -> None:
     path = Path(path)
     _check_storable(payload, path)
     assert_finite(payload, path)
-    if not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(path.parent.parent)  # the new directory's own entry must be durable too
-    _atomic_write(path, lambda f: torch.save(payload, f, _use_new_zipfile_serialization=True))
+    try:
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fsync_dir(path.parent.parent)  # the new directory's own entry must be durable too
+        atomic_write(path, lambda f: torch.save(payload, f, _use_new_zipfile_serialization=True))
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def assert_finite(payload: Mapping[str, Any], path: str | Path) -> None:
@@ -73,7 +72,7 @@ def assert_finite(payload: Mapping[str, Any], path: str | Path) -> None:
     for root in FINITE_ROOTS:
         if root not in payload:
             continue
-        for key, leaf in _walk(payload[root], root):
+        for key, leaf in walk(payload[root], root):
             if not isinstance(leaf, torch.Tensor) or leaf.is_meta:
                 continue
             if not (leaf.is_floating_point() or leaf.is_complex()):
@@ -87,6 +86,12 @@ def assert_finite(payload: Mapping[str, Any], path: str | Path) -> None:
                 f"{n_inf} Inf values; the run diverged, so resume from the previous checkpoint "
                 "(kept intact) with a lower learning rate"
             )
+
+
+def write_error(path: Path, exc: OSError) -> CheckpointError:
+    """One line for a checkpoint the disk refused (full, read-only, over quota)."""
+    return CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; free space or fix the "
+                           "permissions there (the previous checkpoint is intact), then resume=auto")
 
 
 def save_rotating(payload: dict, ckpt_dir: str | Path, step: int, keep: int = 3) -> Path:
@@ -109,32 +114,17 @@ def save_rotating(payload: dict, ckpt_dir: str | Path, step: int, keep: int = 3)
     else:
         written = ckpt_dir / f"step_{step:08d}.pt"
         save_checkpoint(payload, written)
-        _replace_with_copy(written, last)
+        try:
+            replace_with_copy(written, last)
+        except OSError as exc:
+            raise write_error(last, exc) from None
     # The newest file survives even if clock skew gave it an older mtime than a sibling.
     olds = [p for p in list_step_checkpoints(ckpt_dir) if p != written]
     survivors = max(keep - 1, 0)
     for old in olds[survivors:]:
         old.unlink(missing_ok=True)  # a concurrent cleaner may have removed it already
-    _remove_stale_temps(ckpt_dir)
+    remove_stale_temps(ckpt_dir)
     return written
-
-
-def _remove_stale_temps(ckpt_dir: Path) -> None:
-    """Delete temporary files left by writers that were killed mid-write (their process is gone)."""
-    for tmp in ckpt_dir.glob(".*.tmp-*-*"):
-        pid = tmp.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. another user's process: alive
-        return True
-    return True
 
 
 def list_step_checkpoints(ckpt_dir: str | Path) -> list[Path]:
@@ -230,6 +220,9 @@ def _first_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any]) -> st
                 f"tensor '{name}' has shape {tuple(have.shape)} in the checkpoint "
                 f"but {tuple(want.shape)} in the model"
             )
+        # load_state_dict would cast silently: a float64 or int tensor where float32 belongs is damage.
+        if isinstance(want, torch.Tensor) and have.dtype != want.dtype:
+            return f"tensor '{name}' has dtype {have.dtype} in the checkpoint but {want.dtype} in the model"
     for name in found:
         if name not in expected:
             return f"tensor '{name}' is in the checkpoint but not in the model"
@@ -259,15 +252,6 @@ def _verify_zip(f: IO[bytes], p: Path) -> None:
         raise CheckpointError(f"{p} is a zip file but not a PyTorch checkpoint (no data.pkl)")
 
 
-def unstorable(obj: Any, prefix: str = "") -> str | None:
-    """``"'<key>' is a <type>"`` naming the first value in ``obj`` that ``torch.load(weights_only=True)``
-    refuses; ``None`` when there is none."""
-    for key, leaf in _walk(obj, prefix):
-        if type(leaf) not in _LEAVES:
-            return f"'{key}' is a {type(leaf).__module__}.{type(leaf).__qualname__}"
-    return None
-
-
 def _check_storable(payload: Any, path: Path) -> None:
     if type(payload) not in (dict, collections.OrderedDict):
         raise TypeError(f"checkpoint payload for {path} must be a dict, got {type(payload).__name__}")
@@ -277,68 +261,6 @@ def _check_storable(payload: Any, path: Path) -> None:
             f"cannot save checkpoint {path}: {problem}, which "
             "torch.load(weights_only=True) refuses; store tensors, numbers, strings, lists or dicts"
         )
-
-
-def _walk(obj: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    """(dotted key path, leaf) for every non-container value, depth first in insertion order."""
-    if type(obj) in _MAPPINGS:
-        items: Any = obj.items()
-    elif type(obj) in _CONTAINERS:
-        items = enumerate(obj)
-    else:
-        yield prefix, obj
-        return
-    for key, value in items:
-        yield from _walk(value, f"{prefix}.{key}" if prefix else str(key))
-
-
-def _temp_path(path: Path) -> Path:
-    # Unique per process and call; the leading dot keeps it out of step_*.pt / last.pt globs.
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    tmp = _temp_path(path)
-    try:
-        # O_EXCL: never write through a file some other process created; 0o666 honours the umask.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # data on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _replace_with_copy(src: Path, dst: Path) -> None:
-    """Atomically make ``dst`` hold ``src``'s bytes: a hard link when possible, else a copy."""
-    tmp = _temp_path(dst)
-    try:
-        os.link(src, tmp)  # no second write; src's data is already fsynced
-    except OSError:  # file systems without hard links
-        with open(src, "rb") as source:
-            _atomic_write(dst, lambda f: shutil.copyfileobj(source, f))
-        return
-    try:
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(dst.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable: the directory entry itself must reach the disk."""
-    if os.name != "posix":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,7 +12,8 @@ betas, a longer decay) would be ignored without a word. Here:
   schedule's included: a changed base lr or schedule setting gets a warning that says so;
 * a schedule the config no longer has ends: the lr is the config's constant, with a warning.
 
-With an unchanged config nothing differs and the resume stays bit-exact.
+With an unchanged config nothing differs and the resume stays bit-exact. :func:`restore_trainer`
+puts a checkpoint into a freshly built trainer.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from alttrain.engine.network import Network
+from alttrain.engine.trainer import Trainer
 from alttrain.errors import CheckpointError
-from alttrain.network import Network
+from alttrain.persist.checkpoint import load_into
+from alttrain.persist.schema import train_state
 
 log = logging.getLogger("alttrain")
 
@@ -98,3 +102,77 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return a == b
+
+
+def restore_trainer(trainer: Trainer, state: dict[str, Any]) -> None:
+    """Restore a checked payload into ``trainer`` (models first, so a shape mismatch is named early)."""
+    for net in trainer.networks:
+        if net.name not in state["models"]:
+            raise CheckpointError(f"the checkpoint has no network '{net.name}' (it has "
+                                  f"{', '.join(state['models'])}); resume with the same model config")
+        load_into(net.module, state["models"][net.name], net.name)
+    for net in trainer.networks:
+        settings = config_settings(net)
+        try:
+            net.optimizer.load_state_dict(state["optimizers"][net.name])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"the checkpoint's {net.name} optimizer does not fit this run's param groups "
+                                  f"({exc}); resume with the same optim.{net.name}.param_groups") from None
+        restore_config_settings(net, settings)
+    trainer.stream.load_state_dict(state["data"])
+    trainer.precision.load_state_dict(state.get("precision", {}))
+    if trainer.ema is not None:
+        if "ema" not in state:
+            raise CheckpointError("this run has an EMA generator but the checkpoint holds none; "
+                                  "resume with the original trainer.ema settings")
+        load_into(trainer.ema.model, state["ema"]["model"], "EMA generator")
+        trainer.ema.load_state_dict(state["ema"])
+    schedulers = state.get("schedulers", {})
+    for net in trainer.networks:
+        schedule = schedulers.get(net.name)
+        warn_schedule_differences(net, schedule)
+        if net.scheduler is None:
+            continue
+        if schedule is None:
+            raise CheckpointError(f"this run has a {net.name} lr scheduler but the checkpoint holds none for it; "
+                                  f"resume with the original optim.{net.name}.scheduler")
+        net.scheduler.load_state_dict(schedule)
+    restore_transforms(trainer, state.get("augment", {}))
+    trainer.callbacks.load_state_dict(state.get("callbacks", {}))
+    saved = train_state(state["trainer"])
+    # Phases added on resume start their counters at zero.
+    saved.phase_updates = {p.name: saved.phase_updates.get(p.name, 0) for p in trainer.phases}
+    saved.skipped = {p.name: saved.skipped.get(p.name, 0) for p in trainer.phases}
+    trainer.state = saved
+
+
+def restore_transforms(trainer: Trainer, saved: dict[str, Any]) -> None:
+    """Give each input transform with state (an augmentation) its saved state; one the checkpoint has
+    none for (augmentation switched on at resume) starts fresh, with a warning."""
+    for name, fn in trainer.transforms.items():
+        if not hasattr(fn, "load_state_dict"):
+            continue
+        if name not in saved:
+            log.warning("the checkpoint holds no augmentation state for %s (it was trained without augment=): "
+                        "its augmentation starts fresh", name)
+            continue
+        fn.load_state_dict(saved[name])
+
+
+def check_same_run(payload: dict[str, Any], data_name: str, world_size: int) -> None:
+    """Refuse a resume on another data set or another number of processes, in one line each.
+
+    A stream position means nothing for another data set, and each process's shard and the effective
+    batch (``data.batch_size`` x processes) depend on the process count, so neither resume could be exact.
+    Checkpoints that do not record these (alttrain 0.1) are not checked.
+    """
+    meta = payload.get("meta") or {}
+    saved = meta.get("data")
+    if saved is not None and saved != data_name:
+        raise CheckpointError(f"the checkpoint was trained on {saved} and this run's data is {data_name}: resume "
+                              f"with the data it was trained on (data={saved}, or its experiment), or start a new run")
+    processes = meta.get("world_size", len(payload["rng_ranks"]) if "rng_ranks" in payload else None)
+    if processes is not None and int(processes) != world_size:
+        raise CheckpointError(f"the checkpoint was written by {processes} process(es) and this run has {world_size}: "
+                              f"resume with the same number (torchrun --nproc_per_node={processes}); each process's "
+                              "data shard and the effective batch (data.batch_size x processes) depend on it")

@@ -8,7 +8,8 @@ compiled once for each state it is called in, and every state occurs in the firs
 * D: trained in its own phase; frozen, scoring fakes that carry G's graph, in G's phase.
 
 That is two graphs per network, made in step 0; later steps reuse them and never recompile
-(``tests/test_compile.py`` counts). Toggling flags *inside* a compiled function instead would
+(``tests/test_compile.py`` counts). Any other game works the same way: each network is compiled once
+per state it is called in. Toggling flags *inside* a compiled function instead would
 make each toggle a guard failure or a graph break.
 
 AOTAutograd cannot differentiate its own backward again, so a phase whose loss takes an input
@@ -17,7 +18,8 @@ gradient with ``create_graph`` (R1, the WGAN-GP penalty) calls the eager module.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,11 +52,6 @@ def compile_module(module: nn.Module, backend: Backend) -> nn.Module:
 def needs_double_backward(term: Any) -> bool:
     """Does this loss term differentiate through an input gradient (``create_graph=True``)?
 
-    Terms may say so with a ``double_backward`` attribute; the built-in penalties are recognised.
+    Terms say so with a ``double_backward`` attribute (the R1 and WGAN-GP penalties do).
     """
-    from alttrain.objectives import R1Penalty
-
-    flag = getattr(term, "double_backward", None)
-    if flag is not None:
-        return bool(flag)
-    return isinstance(term, R1Penalty) or getattr(term, "gp_weight", 0) > 0
+    return bool(getattr(term, "double_backward", False))

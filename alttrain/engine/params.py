@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,7 +59,7 @@ class GroupSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], index: int) -> "GroupSpec":
+    def from_dict(cls, raw: Mapping[str, Any], index: int) -> GroupSpec:
         if not isinstance(raw, Mapping):
             raise ParamGroupError(f"param group #{index} must be a mapping such as "
                                   f"{{name: all, params: ['*']}}, got {raw!r}")

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from alttrain.checks import check_int, check_positive
 from alttrain.errors import ConfigError
 
 AVERAGED_BUFFERS = ("running_mean", "running_var")
@@ -36,11 +37,9 @@ class EMA:
     """
 
     def __init__(self, source: nn.Module, half_life_samples: int, rampup: float | None = None):
-        if isinstance(half_life_samples, bool) or not isinstance(half_life_samples, int) or half_life_samples < 1:
-            raise ConfigError(f"trainer.ema.half_life_samples must be null (no EMA) or an integer >= 1, "
-                              f"got {half_life_samples!r}")
-        if rampup is not None and (isinstance(rampup, bool) or not isinstance(rampup, (int, float)) or rampup <= 0):
-            raise ConfigError(f"trainer.ema.rampup must be null or a number > 0 (StyleGAN2-ADA uses 0.05), got {rampup!r}")
+        check_int("trainer.ema.half_life_samples", half_life_samples, 1)
+        if rampup is not None:
+            check_positive("trainer.ema.rampup", rampup)
         self.source, self.half_life_samples = source, half_life_samples
         self.rampup = None if rampup is None else float(rampup)
         self.model = copy.deepcopy(source).eval().requires_grad_(False)
@@ -77,10 +76,11 @@ class EMA:
                 "half_life_samples": self.half_life_samples, "rampup": self.rampup}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the average and its sample count; the half-life and ramp-up stay as configured now."""
-        from alttrain.checkpoint import load_into
+        """Restore the average and its sample count; the half-life and ramp-up stay as configured now.
 
-        load_into(self.model, state["model"], "EMA generator")
+        A mismatching state dict is named by :func:`alttrain.persist.checkpoint.load_into` before this.
+        """
+        self.model.load_state_dict(state["model"], strict=True)
         self.samples = int(state["samples"])
 
 

@@ -1,4 +1,7 @@
-"""Capture and restore every random stream a run draws from, in a form ``weights_only`` loads.
+"""Every random stream of a run: seeding it, deriving independent seeds, capturing and restoring it.
+
+:func:`seed_everything` is the one place a run seeds torch, NumPy and Python. :func:`derive_seed`
+mixes integers into unrelated seeds (the data streams, each rank's training stream).
 
 A resume is only a resume if the next batch, the next noise vector and the next dropout mask are
 the ones the interrupted run would have drawn. That needs the torch CPU generator, every CUDA
@@ -12,7 +15,8 @@ ints, floats, lists and tensors here.
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +24,35 @@ import torch
 from alttrain.errors import CheckpointError
 
 RNG_KEYS = ("torch", "cuda", "numpy", "python")
+_MASK64 = (1 << 64) - 1
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and every CUDA device), NumPy's global state and Python's ``random``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _splitmix64(x: int) -> int:
+    # The SplitMix64 finaliser: a bijection on 64-bit ints that scrambles nearby inputs apart.
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def derive_seed(*parts: int) -> int:
+    """Mix integers into one non-negative 63-bit seed; different tuples give unrelated streams."""
+    h = 0
+    for p in parts:
+        h = _splitmix64(h ^ (int(p) & _MASK64))
+    return h >> 1  # manual_seed takes any 64-bit value, but keep it in int64 range for safety
+
+
+def make_generator(*parts: int) -> torch.Generator:
+    """A fresh CPU generator seeded from ``parts`` (see :func:`derive_seed`)."""
+    return torch.Generator().manual_seed(derive_seed(*parts))
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from alttrain.engine.params import (
+    GroupSpec,
+    ResolvedGroup,
+    apply_frozen,
+    resolve_groups,
+    summary_table,
+    torch_param_groups,
+)
 from alttrain.errors import ConfigError
-from alttrain.params import GroupSpec, ResolvedGroup, apply_frozen, resolve_groups, summary_table, torch_param_groups
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -21,7 +30,8 @@ class Network:
 
     Everything the freeze context needs is cached here once, so that switching phases never walks
     ``named_parameters()`` again. ``scheduler`` (optional) is a ``torch.optim.lr_scheduler.LRScheduler``
-    of ``optimizer``; the trainer steps it once per trainer step.
+    of ``optimizer``; the trainer steps it once per trainer step. ``conditional``: the module's
+    ``forward`` takes class labels (a parameter named ``labels``), which loss terms then pass.
     """
 
     name: str
@@ -32,11 +42,13 @@ class Network:
     group_by_name: dict[str, ResolvedGroup] = field(init=False)
     all_params: list[nn.Parameter] = field(init=False)
     buffers: list[torch.Tensor] = field(init=False)
+    conditional: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.group_by_name = {g.name: g for g in self.groups}
         self.all_params = list(self.module.parameters())
         self.buffers = [b for b in self.module.buffers()]
+        self.conditional = takes_labels(self.module)
 
     @property
     def trainable_groups(self) -> list[ResolvedGroup]:
@@ -88,3 +100,36 @@ def build_network(name: str, module: nn.Module, group_specs: Sequence[GroupSpec 
             raise ConfigError(f"param group '{group.name}' of '{name}' has option '{unknown[0]}', which "
                               f"{type(opt).__name__} does not take; its options are: {', '.join(sorted(opt.defaults))}")
     return Network(name=name, module=module, groups=groups, optimizer=opt)
+
+
+def takes_labels(module: nn.Module) -> bool:
+    """Whether ``module.forward`` has a parameter named ``labels`` (a conditional model)."""
+    try:
+        return "labels" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature (a C extension)
+        return False
+
+
+def check_disjoint(networks: Sequence[Network]) -> None:
+    """A module or parameter belongs to one network only: two optimizers stepping it would fight."""
+    names = [n.name for n in networks]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"two networks are named '{dupes[0]}'; network names must be unique")
+    owner: dict[int, tuple[str, str]] = {}
+    for net in networks:
+        for pname, p in net.module.named_parameters(remove_duplicate=False):
+            other = owner.get(id(p))
+            if other is not None and other[0] != net.name:
+                raise ConfigError(f"parameter '{pname}' of network '{net.name}' is also parameter '{other[1]}' of "
+                                  f"network '{other[0]}': a parameter may belong to one network only; give each "
+                                  "network its own module (copy.deepcopy to start from the same weights)")
+            owner.setdefault(id(p), (net.name, pname))
+
+
+def device_of(networks: Sequence[Network]) -> torch.device:
+    """Where the networks' parameters are (the CPU for networks without any)."""
+    for net in networks:
+        for tensor in net.all_params:
+            return tensor.device
+    return torch.device("cpu")

@@ -1,6 +1,6 @@
 """Learning-rate schedules: a piecewise-linear one that YAML can declare, and the check every schedule passes.
 
-alttrain steps each network's scheduler once per trainer step (see :mod:`alttrain.trainer`), so a
+alttrain steps each network's scheduler once per trainer step (see :mod:`alttrain.engine.trainer`), so a
 schedule's step counts are trainer steps. Any ``torch.optim.lr_scheduler.LRScheduler`` works except
 ``ReduceLROnPlateau``, which waits for a metric that alttrain does not produce at every step.
 """
@@ -8,14 +8,15 @@ schedule's step counts are trainer steps. Any ``torch.optim.lr_scheduler.LRSched
 from __future__ import annotations
 
 import bisect
-import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from alttrain.checks import is_number
 from alttrain.errors import ConfigError
 
 USE_INSTEAD = "torch.optim.lr_scheduler.CosineAnnealingLR or alttrain.schedules.PiecewiseLinearLR"
@@ -68,9 +69,9 @@ def check_points(points: Any) -> list[list[float]]:
             raise ConfigError(f"PiecewiseLinearLR points[{i}] must be a [step, factor] pair, got {pair!r}; "
                               f"write points as {example}")
         step, factor = pair
-        if not _is_number(step) or step < 0:
+        if not is_number(step) or step < 0:
             raise ConfigError(f"PiecewiseLinearLR points[{i}] has step {step!r}; steps must be numbers >= 0")
-        if not _is_number(factor) or factor < 0:
+        if not is_number(factor) or factor < 0:
             raise ConfigError(f"PiecewiseLinearLR points[{i}] has factor {factor!r}; factors must be numbers >= 0 "
                               "(the lr is the optimizer's lr times the factor)")
         if out and step <= out[-1][0]:
@@ -78,10 +79,6 @@ def check_points(points: Any) -> list[list[float]]:
                               "strictly increase: sort the points and drop duplicate steps")
         out.append([int(step) if isinstance(step, numbers.Integral) else float(step), float(factor)])
     return out
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_scheduler(scheduler: Any, owner: str) -> None:
@@ -96,3 +93,15 @@ def check_scheduler(scheduler: Any, owner: str) -> None:
     if not issubclass(cls, LRScheduler):
         raise ConfigError(f"{owner} must be a torch.optim.lr_scheduler.LRScheduler, got {cls.__module__}."
                           f"{cls.__qualname__}; use e.g. {USE_INSTEAD}")
+
+
+def step_schedulers(schedulers: Sequence[LRScheduler]) -> None:
+    """One step of each schedule: a trainer step, whether or not its optimizer made an update in it."""
+    with warnings.catch_warnings():
+        # A schedule counts trainer steps, so it advances even when its optimizer made no update in
+        # this step (a GradScaler or on_nan=skip discarded it, or no phase of the network was due).
+        # torch warns about exactly that on a scheduler's first step.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before",
+                                category=UserWarning)
+        for scheduler in schedulers:
+            scheduler.step()

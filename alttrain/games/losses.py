@@ -15,7 +15,7 @@ their extra forward pass also updates its running statistics.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
@@ -102,3 +102,15 @@ def r1_penalty(discriminator: Discriminator, real: torch.Tensor) -> torch.Tensor
     # E[‖∇_x D(x)‖₂²],  x ~ data
     grad = _input_gradient(discriminator, real)
     return grad.pow(2).sum(1).mean()
+
+
+def auxiliary_classification(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of an auxiliary classifier's logits against the labels (ACGAN, Odena et al. 2017)."""
+    # E[-log softmax(c(x))_y]
+    return F.cross_entropy(class_logits, labels)
+
+
+def l1_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference, the cycle-consistency distance of CycleGAN (Zhu et al. 2017)."""
+    # E[|a - b|]
+    return (a - b).abs().mean()
