@@ -1,6 +1,6 @@
 """One GAN written three ways, to measure what a framework adds to a training step.
 
-* :func:`alttrain_trainer`: alttrain's :class:`~alttrain.trainer.Trainer` with the default D-then-G
+* :func:`alttrain_trainer`: alttrain's :class:`~alttrain.engine.trainer.Trainer` with the default D-then-G
   schedule and the non-saturating logistic loss (``loss=ns``), bare or ``logged``;
 * :class:`alttrain.benchmarks.plain_loop.PlainLoop`: the same math written by hand, the floor any
   framework adds overhead to;
@@ -21,24 +21,28 @@ same draws from the global RNG, in the same order. ``scripts/bench.py`` times th
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from alttrain.build import build_loss_terms
-from alttrain.callbacks.base import Callback
 from alttrain.data import digits, ring8
 from alttrain.data.source import BatchStream
+from alttrain.engine.hooks import Callback
+from alttrain.engine.network import build_network
+from alttrain.engine.phase import Phase
+from alttrain.engine.trainer import Trainer
 from alttrain.errors import ConfigError
-from alttrain.models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
-from alttrain.network import build_network
-from alttrain.objectives import GANPair
-from alttrain.phases import Phase
-from alttrain.trainer import Trainer
+from alttrain.models import (
+    DCGANDiscriminator,
+    DCGANGenerator,
+    MLPDiscriminator,
+    MLPGenerator,
+)
+from alttrain.run.instantiate import build_loss_terms
 
 # The sizes of the shipped configs: model/mlp.yaml on ring8, and model/dcgan.yaml on digits.
 WORKLOADS = {
@@ -103,8 +107,12 @@ def ns_loss_terms() -> dict:
 
 
 def alttrain_trainer(setup: Setup, max_steps: int, log_dir: str | None = None,
-                     callbacks: Sequence[Callback] = ()) -> Trainer:
+                     callbacks: Sequence[Callback] = (), reuse_fakes: bool = True,
+                     compile: str | None = None) -> Trainer:
     """The Trainer ``scripts/train.py`` would build for ``loss=ns``: bare, or ``logged`` into ``log_dir``.
+
+    ``reuse_fakes`` (``trainer.reuse_fakes``, on by default): one G forward per step; off, every phase
+    draws its own fakes. ``compile``: a ``torch.compile`` backend (``trainer.compile``).
 
     Logged: TensorBoard every ``LOG_EVERY`` steps and a tqdm bar (on stderr), as on a terminal;
     no samples, checkpoints or metrics, which Lightning does not make by default either.
@@ -114,15 +122,14 @@ def alttrain_trainer(setup: Setup, max_steps: int, log_dir: str | None = None,
     d = build_network("discriminator", setup.discriminator, ALL_PARAMS, setup.optimizer)
     terms = ns_loss_terms()
     phases = [Phase("D", d, terms["d"]), Phase("G", g, terms["g"])]
-    gan = GANPair(setup.generator, setup.discriminator, setup.latent_dim, setup.batch_size, setup.device)
     logging: list[Callback] = []
     if log_dir is not None:
+        from alttrain.callbacks.loggers import LogCallback, TensorBoard
         from alttrain.callbacks.progress import ProgressBar
-        from alttrain.callbacks.tensorboard import TensorBoardLogger
 
-        logging = [ProgressBar(mode="always"), TensorBoardLogger(log_dir, log_every=LOG_EVERY)]
-    return Trainer([g, d], phases, gan, setup.stream, max_steps=max_steps, callbacks=[*logging, *callbacks],
-                   log_every=LOG_EVERY if log_dir is not None else 0)
+        logging = [ProgressBar(mode="always"), LogCallback([TensorBoard(log_dir)], log_every=LOG_EVERY)]
+    return Trainer([g, d], phases, setup.stream, max_steps=max_steps, callbacks=[*logging, *callbacks],
+                   log_every=LOG_EVERY if log_dir is not None else 0, reuse_fakes=reuse_fakes, compile=compile)
 
 
 __all__ = ["ADAM", "LOG_EVERY", "WORKLOADS", "Setup", "alttrain_trainer", "make_setup", "ns_loss_terms"]

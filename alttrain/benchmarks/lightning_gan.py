@@ -15,7 +15,8 @@ import functools
 import logging
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -49,7 +50,7 @@ class _Batches(torch.utils.data.IterableDataset):
         self.stream = stream
 
     def __iter__(self):
-        return self.stream
+        return (batch.samples for batch in self.stream)
 
 
 @functools.lru_cache(maxsize=1)

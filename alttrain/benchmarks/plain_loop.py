@@ -11,6 +11,10 @@ The idle network's buffers (BatchNorm running statistics) are copied back after 
 alttrain's freeze plan does, so the loop leaves parameters *and* buffers where alttrain does. The
 global RNG is drawn from in the same order (D's ``z``, then G's ``z``), so after any number of
 steps the weights equal alttrain's bit for bit (on CPU; see ``tests/test_bench.py``).
+
+``reuse_fakes=True`` is the loop people write (pytorch/examples' DCGAN): one G forward per step, with
+its graph; D's update scores ``fake.detach()`` and G's backpropagates through the same ``fake``. It
+equals alttrain with ``trainer.reuse_fakes`` on (its default), bit for bit.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from alttrain.benchmarks import Setup
-from alttrain.losses import d_logistic, g_nonsaturating
+from alttrain.games.losses import d_logistic, g_nonsaturating
 
 
 class PlainLoop:
@@ -28,8 +32,9 @@ class PlainLoop:
     D's weight-gradient GEMMs, which is what :attr:`freeze_d` lets a benchmark measure.
     """
 
-    def __init__(self, setup: Setup, freeze_d: bool = True):
-        self.setup, self.freeze_d = setup, freeze_d
+    def __init__(self, setup: Setup, freeze_d: bool = True, reuse_fakes: bool = False):
+        self.setup, self.freeze_d, self.reuse_fakes = setup, freeze_d, reuse_fakes
+        self.fake: torch.Tensor | None = None  # the step's fakes, with their graph (reuse_fakes)
         g, d = setup.generator, setup.discriminator
         self.g_opt, self.d_opt = setup.optimizer(g.parameters()), setup.optimizer(d.parameters())
         # Lists cached once: walking module.parameters() costs microseconds per tensor per call.
@@ -49,15 +54,21 @@ class PlainLoop:
 
     def d_step(self) -> torch.Tensor:
         s = self.setup
+        if self.reuse_fakes:  # the step's one G forward, before D's update, as alttrain makes it
+            self.fake = s.generator(torch.randn(s.batch_size, s.latent_dim, device=s.device))
         self.d_opt.zero_grad(set_to_none=True)
-        real = next(s.stream).to(s.device, non_blocking=True)
-        _copy(self.g_saved, self.g_buffers)  # G runs forward in train mode: keep its statistics
-        with torch.no_grad():
-            fake = s.generator(torch.randn(real.shape[0], s.latent_dim, device=s.device))
+        real = next(s.stream).samples.to(s.device, non_blocking=True)
+        if self.reuse_fakes:
+            fake = self.fake.detach()
+        else:
+            _copy(self.g_saved, self.g_buffers)  # G runs forward in train mode: keep its statistics
+            with torch.no_grad():
+                fake = s.generator(torch.randn(real.shape[0], s.latent_dim, device=s.device))
         loss = d_logistic(s.discriminator(real), s.discriminator(fake))
         loss.backward()
         self.d_opt.step()
-        _copy(self.g_buffers, self.g_saved)
+        if not self.reuse_fakes:
+            _copy(self.g_buffers, self.g_saved)
         return loss.detach()
 
     def g_step(self) -> torch.Tensor:
@@ -67,8 +78,11 @@ class PlainLoop:
             for p in self.d_params:
                 p.requires_grad_(False)
         _copy(self.d_saved, self.d_buffers)
-        loss = g_nonsaturating(s.discriminator(s.generator(torch.randn(s.batch_size, s.latent_dim,
-                                                                       device=s.device))))
+        if self.reuse_fakes:
+            fake, self.fake = self.fake, None
+        else:
+            fake = s.generator(torch.randn(s.batch_size, s.latent_dim, device=s.device))
+        loss = g_nonsaturating(s.discriminator(fake))
         loss.backward()
         self.g_opt.step()
         _copy(self.d_buffers, self.d_saved)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import sys
 import time
+
 import torch
 
-from alttrain.callbacks.base import Callback, PhaseResult
-from alttrain.errors import ConfigError
+from alttrain.checks import check_choice, check_int
+from alttrain.engine.hooks import Callback, PhaseResult
 
 MODES = ("auto", "always", "never")
 
@@ -21,20 +22,22 @@ class ProgressBar(Callback):
 
     ``mode``: ``auto`` draws a bar when stderr is a terminal, ``always`` draws one anyway,
     ``never`` does not. Without a bar, one line per ``print_every`` completed steps (default: a
-    tenth of the run) goes to stderr, readable in CI and cluster logs; ``print_every=0`` silences it.
-    A displayed loss is the phase's last update of that step.
+    tenth of the run), and at least one every ``print_seconds`` (default 60), goes to stderr, readable
+    in CI and cluster logs, where a day-long run would otherwise be silent for hours; ``print_every=0``
+    silences it. A displayed loss is the phase's last update of that step.
 
     Under ``trainer.on_nan=skip`` the first discarded update of each phase is announced when it
     happens, and the run's totals (``TrainState.skipped``) at the end; neither depends on ``mode``.
     """
 
-    def __init__(self, mode: str = "auto", refresh_every: int = 20, print_every: int | None = None):
-        if mode not in MODES:
-            raise ConfigError(f"progress.mode must be one of {', '.join(MODES)}, got {mode!r}")
-        for key, value, minimum in (("refresh_every", refresh_every, 1), ("print_every", print_every, 0)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-                raise ConfigError(f"progress.{key} must be an integer >= {minimum}, got {value!r}")
+    def __init__(self, mode: str = "auto", refresh_every: int = 20, print_every: int | None = None,
+                 print_seconds: float = 60.0):
+        check_choice("trainer.progress", mode, MODES)
+        check_int("progress.refresh_every", refresh_every, 1)
+        if print_every is not None:
+            check_int("progress.print_every", print_every, 0)
         self.mode, self.refresh_every, self.print_every = mode, refresh_every, print_every
+        self.print_seconds = print_seconds
         self.bar = None
         self._every = 0                            # completed-step interval at which losses are shown
         self._losses: dict[str, torch.Tensor] = {}
@@ -64,14 +67,16 @@ class ProgressBar(Callback):
             self._announced.add(name)
             self._write(f"warning: step {result.step}: non-finite {name} update discarded (trainer.on_nan=skip); "
                         f"later ones are counted in skipped/{name} and in the total at the end")
-        # result.step + 1 is the completed-step count at which this step's losses are shown.
-        if not self._every or (result.step + 1) % self._every:
-            return
-        self._losses[result.phase.name] = result.loss
+        # Kept by reference (no host sync): a line may be printed at this step's end, by count or by time.
+        if self._every:
+            self._losses[result.phase.name] = result.loss
 
     def on_step_end(self, trainer) -> None:
         step = trainer.state.step
-        if not self._every or step % self._every:
+        due = self._every and step % self._every == 0
+        if not due and self.bar is None and self._every and time.perf_counter() - self._last[0] >= self.print_seconds:
+            due = True  # a slow run still says where it is, every print_seconds
+        if not due:
             if self.bar is not None:
                 self.bar.update(1)
             return

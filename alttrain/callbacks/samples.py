@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from alttrain import render
-from alttrain.callbacks.base import Callback
+from alttrain.checks import check_int
+from alttrain.engine.batch import LatentPrior
+from alttrain.engine.hooks import Callback
 from alttrain.errors import ConfigError
+from alttrain.metrics.evaluate import class_rows
 
 KINDS = ("images", "points")
 DEFAULT_NUM = {"images": 64, "points": 1000}
@@ -21,6 +24,8 @@ class SampleCallback(Callback):
 
     Writes ``<out_dir>/step_XXXXXXXX.png`` (``XXXXXXXX`` = completed steps), a copy of the last one
     as ``final.png``, and sends each picture to ``logger.add_image("samples", ...)`` when given.
+    A ``conditional`` generator of ``num_classes`` classes draws one row of ``per_class`` samples
+    per class.
 
     ``kind="images"``: a grid of ``(N, C, H, W)`` samples in ``[-1, 1]``. ``kind="points"``: a
     scatter of ``(N, 2)`` samples over ``reference`` points and mode ``centers`` inside ``extent``
@@ -31,22 +36,26 @@ class SampleCallback(Callback):
     generator itself draws random numbers (noise inputs).
     """
 
-    def __init__(self, out_dir: str | Path, every: int, generator_fn: Callable[[], nn.Module], latent_dim: int,
+    def __init__(self, out_dir: str | Path, every: int, generator_fn: Callable[[], nn.Module], prior: LatentPrior,
                  kind: str, num: int | None = None, seed: int = 1234, logger=None,
                  reference: torch.Tensor | None = None, centers: torch.Tensor | None = None,
-                 extent: render.Extent | None = None, size: int = 512, nrow: int | None = None):
+                 extent: render.Extent | None = None, size: int = 512, nrow: int | None = None,
+                 conditional: bool = False, per_class: int = 8):
         if kind not in KINDS:
             raise ConfigError(f"samples.kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-            raise ConfigError(f"samples.every must be an integer >= 0 (0: only at the end), got {every!r}")
+        check_int("trainer.sample_every", every, 0)
         self.out_dir, self.every, self.generator_fn, self.kind = Path(out_dir), every, generator_fn, kind
+        self.labels = None
+        if conditional:
+            self.labels = class_rows(prior.num_classes, per_class)
+            num, nrow = len(self.labels), per_class
         self.num = num if num is not None else DEFAULT_NUM[kind]
         self.logger, self.reference, self.centers, self.size = logger, reference, centers, size
         self.nrow = nrow or render.grid_rows(self.num)
         if extent is None and (reference is not None or centers is not None):
             extent = render.auto_extent(reference, centers)
         self.extent = extent
-        self.noise = torch.randn(self.num, latent_dim, generator=torch.Generator().manual_seed(seed))
+        self.noise = prior.latent(self.num, generator=torch.Generator().manual_seed(seed))
         self.last_step: int | None = None
         self.last_image: torch.Tensor | None = None
 
@@ -93,6 +102,8 @@ class SampleCallback(Callback):
         try:
             module.eval()
             with torch.random.fork_rng(devices=cuda), torch.no_grad():
+                if self.labels is not None:
+                    return module(self.noise.to(device), self.labels.to(device)).float().cpu()
                 return module(self.noise.to(device)).float().cpu()
         finally:
             for m, training in flags:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from alttrain.data.source import IndexedSource, check_int, check_root
+from alttrain.data.subset import check_subset
 from alttrain.errors import DataError
 
 
@@ -48,11 +49,11 @@ class TensorImages:
 
 
 def _image_source(name: str, data: torch.Tensor, labels: torch.Tensor, image_size: int,
-                  batch_size: int) -> IndexedSource:
+                  batch_size: int, subset: float) -> IndexedSource:
     return IndexedSource(
         name=name, kind="images", sample_shape=(data.shape[1], image_size, image_size),
         batch_size=batch_size, num_classes=10, labels=labels, size=len(data),
-        fetch=TensorImages(data, image_size),
+        fetch=TensorImages(data, image_size), subset=subset,
     )
 
 
@@ -77,15 +78,16 @@ def _digits_tensors(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return resize(images, image_size), torch.from_numpy(np.asarray(targets)).long()
 
 
-def digits(batch_size: int = 64, image_size: int = 32, root=None) -> IndexedSource:
+def digits(batch_size: int = 64, image_size: int = 32, root=None, subset: float = 1.0) -> IndexedSource:
     """The 1797 8x8 handwritten digits shipped with scikit-learn, resized once to ``image_size``.
 
     ``root`` is accepted (and ignored) so that every image data config has the same keys.
+    ``subset``: train on that fraction of each class (:mod:`alttrain.data.subset`).
     """
     check_int("data.batch_size", batch_size, 1)
     check_int("data.image_size", image_size, 1)
     images, labels = _digits_tensors(image_size)
-    return _image_source("digits", images, labels, image_size, batch_size)
+    return _image_source("digits", images, labels, image_size, batch_size, subset)
 
 
 def _load_torchvision(cls, name: str, root: str, expected: str, train: bool, download: bool):
@@ -103,9 +105,10 @@ def _load_torchvision(cls, name: str, root: str, expected: str, train: bool, dow
 
 
 def mnist(root, batch_size: int = 64, image_size: int = 32, download: bool = False,
-          train: bool = True) -> IndexedSource:
+          train: bool = True, subset: float = 1.0) -> IndexedSource:
     """MNIST from ``root``/MNIST/raw (torchvision layout), 1 channel, 28 or 32 pixels (bilinear)."""
     root = check_root(root, "MNIST")
+    check_subset("data.subset", subset)
     check_int("data.batch_size", batch_size, 1)
     check_int("data.image_size", image_size, 1)
     from torchvision.datasets import MNIST
@@ -116,13 +119,14 @@ def mnist(root, batch_size: int = 64, image_size: int = 32, download: bool = Fal
     expected = next((path for path in raw if not os.path.exists(path)), raw[0])
     dataset = _load_torchvision(MNIST, "MNIST", root, expected, train, download)
     data = dataset.data.unsqueeze(1).contiguous()  # (N, 28, 28) uint8 -> (N, 1, 28, 28)
-    return _image_source("mnist", data, dataset.targets.long(), image_size, batch_size)
+    return _image_source("mnist", data, dataset.targets.long(), image_size, batch_size, subset)
 
 
 def cifar10(root, batch_size: int = 64, image_size: int = 32, download: bool = False,
-            train: bool = True) -> IndexedSource:
+            train: bool = True, subset: float = 1.0) -> IndexedSource:
     """CIFAR-10 from ``root``/cifar-10-batches-py (torchvision layout), 3 channels."""
     root = check_root(root, "CIFAR-10")
+    check_subset("data.subset", subset)
     check_int("data.batch_size", batch_size, 1)
     check_int("data.image_size", image_size, 1)
     from torchvision.datasets import CIFAR10
@@ -130,4 +134,4 @@ def cifar10(root, batch_size: int = 64, image_size: int = 32, download: bool = F
     expected = os.path.join(root, "cifar-10-batches-py")
     dataset = _load_torchvision(CIFAR10, "CIFAR-10", root, expected, train, download)
     data = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
-    return _image_source("cifar10", data, torch.tensor(dataset.targets), image_size, batch_size)
+    return _image_source("cifar10", data, torch.tensor(dataset.targets), image_size, batch_size, subset)

@@ -9,6 +9,7 @@ RNG stays independent of the data and a resumed run sees bit-identical batches.
 from __future__ import annotations
 
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,48 +17,19 @@ from typing import Any
 
 import torch
 
+from alttrain.checks import check_int, check_positive
+from alttrain.data.plan import ShardPlan, check_rank
+from alttrain.data.subset import check_subset, subset_items
+from alttrain.engine.batch import Batch
 from alttrain.errors import CheckpointError, ConfigError
+from alttrain.scale.rng import derive_seed, make_generator
 
-_MASK64 = (1 << 64) - 1
+__all__ = ["BatchStream", "DataSource", "IndexedSource", "ShardPlan", "ShardedStream", "check_int", "check_positive",
+           "check_rank", "check_root", "derive_seed", "make_generator"]
+
 # Salts that keep the generators for different purposes unrelated even for equal seeds.
 SALT_BATCH = 0x6261
-SALT_EPOCH = 0x6570
 SALT_REFERENCE = 0x7266
-
-
-def _splitmix64(x: int) -> int:
-    # The SplitMix64 finaliser: a bijection on 64-bit ints that scrambles nearby inputs apart.
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def derive_seed(*parts: int) -> int:
-    """Mix integers into one non-negative 63-bit seed; different tuples give unrelated streams."""
-    h = 0
-    for p in parts:
-        h = _splitmix64(h ^ (int(p) & _MASK64))
-    return h >> 1  # manual_seed takes any 64-bit value, but keep it in int64 range for safety
-
-
-def make_generator(*parts: int) -> torch.Generator:
-    """A fresh CPU generator seeded from ``parts`` (see :func:`derive_seed`)."""
-    return torch.Generator().manual_seed(derive_seed(*parts))
-
-
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """Validate an integer option named as the user spells it (``data.batch_size``)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_positive(name: str, value: Any) -> float:
-    """Validate a positive real option named as the user spells it (``data.std``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
 
 
 def check_root(root: Any, holding: str) -> str:
@@ -67,17 +39,13 @@ def check_root(root: Any, holding: str) -> str:
     return os.path.expanduser(str(root))
 
 
-def check_rank(rank: Any, world_size: Any) -> None:
-    """Validate the process coordinates a stream is made for."""
-    check_int("world_size", world_size, 1)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ConfigError(f"rank must be an integer in [0, {world_size}), got {rank!r}")
-
-
 class BatchStream(ABC):
-    """An endless iterator of ``(batch_size, *sample_shape)`` float32 CPU batches that can resume.
+    """An endless iterator of :class:`~alttrain.engine.batch.Batch` es that can resume.
 
-    ``state_dict()`` holds only ints and strings, so it loads under
+    ``samples`` are ``(batch_size, *sample_shape)`` float32 CPU tensors; ``labels``, for labelled
+    data, ``(batch_size,)`` int64.
+
+    ``state_dict()`` holds only ints, floats and strings, so it loads under
     ``torch.load(weights_only=True)``. State is the same on every rank (all ranks step in
     lockstep), so a checkpoint written by rank 0 resumes every rank.
     """
@@ -86,13 +54,16 @@ class BatchStream(ABC):
         return self
 
     @abstractmethod
-    def __next__(self) -> torch.Tensor: ...
+    def __next__(self) -> Batch: ...
 
     @abstractmethod
     def state_dict(self) -> dict: ...
 
     @abstractmethod
     def load_state_dict(self, state: dict) -> None: ...
+
+    def close(self) -> None:
+        """Release what the stream holds (worker processes); the run calls it when training ends."""
 
     def _check_state(self, state: dict, expected: dict) -> None:
         # A position only means something for the same seed/sizes it was recorded with.
@@ -105,47 +76,60 @@ class BatchStream(ABC):
 
 
 class ShardedStream(BatchStream):
-    """Batches of a finite data set: per-epoch shuffles, one shard per rank, drop-last, forever.
+    """Batches of a finite data set, read in this process: the order of :class:`ShardPlan`, forever.
 
-    Epoch ``e`` shuffles all items with a permutation from a generator seeded by ``(seed, e)``;
-    rank ``r`` of ``w`` takes ``perm[r::w]`` of its first ``w * (size // w)`` entries, so shards
-    are disjoint and equally long. State is ``(epoch, cursor)``: the permutation is recomputed.
+    ``fetch(indices)`` returns the samples of those items (and ``labels[indices]`` their labels);
+    ``read(indices, epoch)``, when given, returns the whole :class:`Batch` instead (decoded sets
+    whose random transforms depend on the epoch). ``items``/``subset``: the kept part of the set
+    (:mod:`alttrain.data.subset`). State is ``(epoch, cursor)`` of the batches served: the
+    permutation is recomputed. ``wait_seconds`` sums the time spent inside ``next()``.
     """
 
     def __init__(self, size: int, fetch: Callable[[torch.Tensor], torch.Tensor],
-                 batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        check_rank(rank, world_size)
-        self.size, self.fetch, self.batch_size = size, fetch, batch_size
-        self.seed, self.rank, self.world_size = int(seed), rank, world_size
-        self.batches_per_epoch = (size // world_size) // batch_size
+                 batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 labels: torch.Tensor | None = None, *, items: torch.Tensor | None = None,
+                 read: Callable[[torch.Tensor, int], Batch] | None = None, subset: float = 1.0):
+        self.plan = ShardPlan(size, batch_size, seed, rank, world_size, items)
+        self.size, self.fetch, self.batch_size, self.labels, self.read = size, fetch, batch_size, labels, read
+        self.seed, self.rank, self.world_size, self.subset = int(seed), rank, world_size, subset
+        self.batches_per_epoch = self.plan.batches_per_epoch
         if self.batches_per_epoch == 0:
+            kept = f" (data.subset={subset:g} keeps {self.plan.count} of {size})" if items is not None else ""
             raise ConfigError(
-                f"data.batch_size={batch_size} x world_size={world_size} exceeds the {size} "
-                f"items of the data set: lower data.batch_size"
+                f"data.batch_size={batch_size} x world_size={world_size} exceeds the {self.plan.count} "
+                f"items of the data set{kept}: lower data.batch_size"
             )
         self.epoch = 0
         self.cursor = 0  # batches already taken in this epoch
-        self._cached: tuple[int, torch.Tensor] | None = None
+        self.wait_seconds = 0.0  # time spent inside next(), for time/data_wait
 
     def shard(self, epoch: int) -> torch.Tensor:
         """This rank's item indices for ``epoch``, in the order they are served."""
-        if self._cached is None or self._cached[0] != epoch:
-            perm = torch.randperm(self.size, generator=make_generator(self.seed, SALT_EPOCH, epoch))
-            usable = (self.size // self.world_size) * self.world_size
-            self._cached = (epoch, perm[:usable][self.rank::self.world_size])
-        return self._cached[1]
+        return self.plan.shard(epoch)
 
-    def __next__(self) -> torch.Tensor:
-        if self.cursor >= self.batches_per_epoch:
-            self.epoch, self.cursor = self.epoch + 1, 0
-        start = self.cursor * self.batch_size
-        indices = self.shard(self.epoch)[start:start + self.batch_size]
+    def next_indices(self) -> torch.Tensor:
+        """The item indices of the next batch (advances the stream)."""
+        self.epoch, self.cursor = self.plan.following(self.epoch, self.cursor)
+        indices = self.plan.indices(self.epoch, self.cursor)
         self.cursor += 1
-        return self.fetch(indices)
+        return indices
+
+    def __next__(self) -> Batch:
+        start = time.perf_counter()
+        indices = self.next_indices()
+        if self.read is not None:
+            batch = self.read(indices, self.epoch)
+        else:
+            batch = Batch(self.fetch(indices), None if self.labels is None else self.labels[indices])
+        self.wait_seconds += time.perf_counter() - start
+        return batch
 
     def _identity(self) -> dict:
-        return {"kind": "sharded", "seed": self.seed, "size": self.size,
-                "batch_size": self.batch_size, "world_size": self.world_size}
+        identity = {"kind": "sharded", "seed": self.seed, "size": self.size,
+                    "batch_size": self.batch_size, "world_size": self.world_size}
+        if self.subset < 1.0:  # only then: states written before data.subset existed still load
+            identity["subset"] = self.subset
+        return identity
 
     def state_dict(self) -> dict:
         return {**self._identity(), "epoch": self.epoch, "cursor": self.cursor}
@@ -168,9 +152,12 @@ class DataSource(ABC):
     batch_size: int  # per process
     centers: torch.Tensor | None = field(default=None, repr=False)  # (K, 2) mixture means, toy only
     std: float | None = None  # mixture component standard deviation, toy data only
-    num_classes: int | None = None  # labelled sets (digits, mnist, cifar10)
-    labels: torch.Tensor | None = field(default=None, repr=False)  # (size,) int64 class per item
+    num_classes: int | None = None  # labelled sets (digits, mnist, cifar10, image_folder, mixtures)
+    labels: torch.Tensor | None = field(default=None, repr=False)  # (size,) int64 class per item, finite sets
     size: int | None = None  # items in a finite set; None for infinite toy data
+    # Set by the builder when training on CUDA: streams that read in worker processes then hand over
+    # batches in page-locked memory, so the trainer's non_blocking copy overlaps with compute.
+    pin_memory: bool = False
 
     @abstractmethod
     def stream(self, seed: int, rank: int = 0, world_size: int = 1) -> BatchStream:
@@ -184,15 +171,32 @@ class DataSource(ABC):
         """Class labels of the samples ``reference(n)`` returns, or None for unlabelled data."""
         return None
 
+    def class_frequencies(self) -> torch.Tensor | None:
+        """``(num_classes,)`` share of each class in the data, or None for unlabelled data."""
+        return None
+
 
 @dataclass(kw_only=True, eq=False)
 class IndexedSource(DataSource):
-    """A finite data set served by index: ``fetch(indices)`` returns the batch of those items."""
+    """A finite data set served by index: ``fetch(indices)`` returns the batch of those items.
+
+    ``subset`` (``data.subset``) trains on that fraction of the items, chosen from the stream's seed
+    (:mod:`alttrain.data.subset`); ``size`` and :meth:`reference` stay the full set.
+    """
 
     fetch: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
+    subset: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.subset = check_subset("data.subset", self.subset)
+
+    def subset_items(self, seed: int) -> torch.Tensor | None:
+        """The items a run with ``seed`` trains on (sorted), or ``None`` for all of them."""
+        return subset_items(self.size, self.subset, seed, self.labels)
 
     def stream(self, seed: int, rank: int = 0, world_size: int = 1) -> ShardedStream:
-        return ShardedStream(self.size, self.fetch, self.batch_size, seed, rank, world_size)
+        return ShardedStream(self.size, self.fetch, self.batch_size, seed, rank, world_size, self.labels,
+                             items=self.subset_items(seed), subset=self.subset)
 
     def reference_indices(self, n: int) -> torch.Tensor:
         """The items behind ``reference(n)``: the first ``n`` of one fixed shuffle."""
@@ -207,3 +211,9 @@ class IndexedSource(DataSource):
 
     def reference_labels(self, n: int) -> torch.Tensor | None:
         return None if self.labels is None else self.labels[self.reference_indices(n)]
+
+    def class_frequencies(self) -> torch.Tensor | None:
+        if self.labels is None or self.num_classes is None:
+            return None
+        counts = torch.bincount(self.labels, minlength=self.num_classes).to(torch.float64)
+        return counts / counts.sum()

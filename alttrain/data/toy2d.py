@@ -2,26 +2,34 @@
 
 Samples are drawn fresh for every batch, so the data are infinite; batch ``i`` of rank ``r``
 comes from a generator seeded by ``(seed, r, i)``, which makes the stream state a single
-counter that is the same on every rank.
+counter that is the same on every rank. A point's label is the index of the mode it was drawn from.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
 
 from alttrain.data.source import (
-    SALT_BATCH, SALT_REFERENCE, BatchStream, DataSource, check_int, check_positive, check_rank,
+    SALT_BATCH,
+    SALT_REFERENCE,
+    BatchStream,
+    DataSource,
+    check_int,
+    check_positive,
+    check_rank,
     make_generator,
 )
+from alttrain.engine.batch import Batch
 
 
-def _sample(centers: torch.Tensor, std: float, n: int, generator: torch.Generator) -> torch.Tensor:
+def _sample(centers: torch.Tensor, std: float, n: int, generator: torch.Generator) -> Batch:
     # x = mu_k + std * eps with k uniform over the components and eps ~ N(0, I).
     k = torch.randint(len(centers), (n,), generator=generator)
-    return centers[k] + std * torch.randn(n, 2, generator=generator)
+    return Batch(centers[k] + std * torch.randn(n, 2, generator=generator), k)
 
 
 class MixtureStream(BatchStream):
@@ -33,11 +41,15 @@ class MixtureStream(BatchStream):
         self.centers, self.std, self.batch_size = centers, std, batch_size
         self.seed, self.rank = int(seed), rank
         self.batches = 0  # batches already served
+        self.wait_seconds = 0.0  # time spent inside next(), for time/data_wait
 
-    def __next__(self) -> torch.Tensor:
+    def __next__(self) -> Batch:
+        start = time.perf_counter()
         generator = make_generator(self.seed, SALT_BATCH, self.rank, self.batches)
         self.batches += 1
-        return _sample(self.centers, self.std, self.batch_size, generator)
+        batch = _sample(self.centers, self.std, self.batch_size, generator)
+        self.wait_seconds += time.perf_counter() - start
+        return batch
 
     def state_dict(self) -> dict:
         return {"kind": "mixture", "seed": self.seed, "batch_size": self.batch_size,
@@ -63,6 +75,12 @@ class MixtureSource(DataSource):
         noise = torch.randn(n, 2, generator=make_generator(SALT_REFERENCE))
         return self.centers[k] + self.std * noise
 
+    def reference_labels(self, n: int) -> torch.Tensor:
+        return torch.arange(n) % len(self.centers)
+
+    def class_frequencies(self) -> torch.Tensor:
+        return torch.full((len(self.centers),), 1.0 / len(self.centers), dtype=torch.float64)
+
 
 def ring8(batch_size: int = 256, num_modes: int = 8, radius: float = 1.0,
           std: float = 0.01) -> MixtureSource:
@@ -73,8 +91,8 @@ def ring8(batch_size: int = 256, num_modes: int = 8, radius: float = 1.0,
     # arange(K)/K, not linspace(0, 2pi, K): linspace includes 2pi, which lands on mode 0 again.
     angles = 2 * math.pi * torch.arange(num_modes, dtype=torch.float64) / num_modes
     centers = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
-    return MixtureSource(name=f"ring{num_modes}", kind="points", sample_shape=(2,),
-                         batch_size=batch_size, centers=centers.float(), std=std)
+    return MixtureSource(name=f"ring{num_modes}", kind="points", sample_shape=(2,), batch_size=batch_size,
+                         centers=centers.float(), std=std, num_classes=num_modes)
 
 
 def grid25(batch_size: int = 256, grid: int = 5, spacing: float = 2.0,
@@ -86,5 +104,5 @@ def grid25(batch_size: int = 256, grid: int = 5, spacing: float = 2.0,
     axis = (torch.arange(grid, dtype=torch.float64) - (grid - 1) / 2) * spacing
     xs, ys = torch.meshgrid(axis, axis, indexing="ij")
     centers = torch.stack([xs.flatten(), ys.flatten()], dim=1)
-    return MixtureSource(name=f"grid{grid * grid}", kind="points", sample_shape=(2,),
-                         batch_size=batch_size, centers=centers.float(), std=std)
+    return MixtureSource(name=f"grid{grid * grid}", kind="points", sample_shape=(2,), batch_size=batch_size,
+                         centers=centers.float(), std=std, num_classes=grid * grid)

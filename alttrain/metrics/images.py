@@ -1,4 +1,4 @@
-"""FID, KID and class coverage of generated digits, measured in the digits classifier's feature space.
+"""FID, KID, class coverage and precision/recall of generated digits, in the digits classifier's feature space.
 
 torchmetrics does the statistics (Fréchet distance via eigenvalues, the unbiased polynomial-kernel
 MMD); the feature network is :class:`~alttrain.metrics.classifier.DigitsClassifier`, so nothing is
@@ -20,6 +20,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from alttrain.errors import ConfigError
 from alttrain.metrics.classifier import DigitsClassifier, load_digits_classifier
+from alttrain.metrics.prdc import prdc_where_possible
 
 # A class counts as covered when at least this fraction of the samples is predicted as it: a
 # single stray prediction among thousands should not count as producing that digit.
@@ -93,6 +94,7 @@ class ImageMetrics:
             )
         self._kid.update(feats, real=True)
         self.num_real = feats.shape[0]
+        self.real_features = feats  # kept for precision/recall/density/coverage
 
     @torch.no_grad()
     def _embed(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -106,14 +108,18 @@ class ImageMetrics:
             logits.append(self.feature_net.head(f).cpu().double())
         return torch.cat(feats), torch.cat(logits)
 
-    def compute(self, fake: Tensor) -> dict[str, float]:
+    def compute(self, fake: Tensor, labels: Tensor | None = None) -> dict[str, float]:
         """Score ``fake`` images (same C, H, W as ``real``, values in [-1, 1]).
 
         Returns ``fid``; ``kid`` and ``kid_std`` (mean and std over subsets of the unbiased MMD²,
         which can dip below 0 when the sets match); ``class_entropy``, the entropy in nats of the
         histogram of predicted classes (0 when one class only, ln 10 = 2.3026 when all ten are
         equally frequent); ``classes_covered``, the number of classes predicted for at least 1% of
-        the samples.
+        the samples. With ``labels`` (the classes a conditional generator was asked for):
+        ``class_accuracy``, the mean over classes of the share of a class's samples predicted as it,
+        and ``class_accuracy_min``, the worst class's share. ``precision``, ``recall``, ``density`` and
+        ``coverage`` in the classifier's feature space (:mod:`alttrain.metrics.prdc`; left out when
+        there are too few samples for their k).
         """
         _check_images("fake", fake, self.real_shape)
         feats, logits = self._embed(fake)
@@ -130,14 +136,21 @@ class ImageMetrics:
         finally:
             self._fid.reset()
             self._kid.reset()
-        counts = torch.bincount(logits.argmax(dim=1), minlength=logits.shape[1])
-        return {
+        predicted = logits.argmax(dim=1)
+        counts = torch.bincount(predicted, minlength=logits.shape[1])
+        scores = {
             "fid": fid,
             "kid": kid,
             "kid_std": kid_std,
             "class_entropy": _entropy(counts),
             "classes_covered": int((counts >= COVERED_FRACTION * counts.sum()).sum()),
+            **prdc_where_possible(self.real_features, feats),
         }
+        if labels is not None:
+            per_class = class_accuracy(predicted, labels, logits.shape[1])
+            scores["class_accuracy"] = sum(per_class) / len(per_class)
+            scores["class_accuracy_min"] = min(per_class)
+        return scores
 
 
 def _check_images(name: str, images: Tensor, expected: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -160,6 +173,17 @@ def _accuracy(logits: Tensor, labels: Tensor) -> float:
             f"labels must have shape ({logits.shape[0]},) to match the real images, got {tuple(labels.shape)}"
         )
     return (logits.argmax(dim=1) == labels.to(logits.device)).double().mean().item()
+
+
+def class_accuracy(predicted: Tensor, labels: Tensor, num_classes: int) -> list[float]:
+    """Per class asked for, the share of its samples predicted as it (classes never asked for are left out)."""
+    labels = labels.to(predicted.device)
+    out = []
+    for k in range(num_classes):
+        asked = labels == k
+        if bool(asked.any()):
+            out.append((predicted[asked] == k).double().mean().item())
+    return out
 
 
 def _entropy(counts: Tensor) -> float:

@@ -8,106 +8,140 @@ deletes an earlier run's files.
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from alttrain import distributed
-from alttrain.build import Components, build_components, flat_hparams
-from alttrain.callbacks.base import Callback
 from alttrain.callbacks.checkpoint import CheckpointCallback
+from alttrain.callbacks.loggers import LogCallback
 from alttrain.callbacks.metrics import MetricsCallback
+from alttrain.callbacks.profile import ProfileCallback
 from alttrain.callbacks.progress import ProgressBar
-from alttrain.callbacks.tensorboard import TensorBoardLogger
-from alttrain.checkpoint import load_checkpoint, resolve_checkpoint_path
-from alttrain.config import validate_config
-from alttrain.errors import CheckpointError, ConfigError
-from alttrain.trainer import Trainer, load_trainer_state
+from alttrain.callbacks.summary import RunSummary
+from alttrain.engine.hooks import Callback
+from alttrain.engine.trainer import Trainer
+from alttrain.errors import AltTrainError, CheckpointError, ConfigError
+from alttrain.persist.checkpoint import load_checkpoint, resolve_checkpoint_path
+from alttrain.persist.resume import check_same_run, restore_trainer
+from alttrain.persist.schema import check_training_payload
+from alttrain.run.build import Components, build_components, flat_hparams, sampling_meta
+from alttrain.run.cli import Stopped, continue_command
+from alttrain.run.config import validate_config
+from alttrain.run.loggers import build_callbacks, build_loggers
+from alttrain.run.rundir import (
+    RunDirLock,
+    check_run_dir,
+    check_writable,
+    write_run_config,
+)
+from alttrain.run.signals import graceful_stop
+from alttrain.scale import processes
 
 log = logging.getLogger("alttrain")
 
-# Files whose presence means a run dir already holds a run.
-RUN_MARKERS = (".hydra/config.yaml", "checkpoints", "metrics.json", "samples")
-# Entries a training checkpoint must hold to be resumed from.
-RESUME_KEYS = ("trainer", "models", "optimizers", "data", "rng")
+AUTO = "auto"      # resume=auto: continue from the run dir's last checkpoint, or start fresh
+COMPLETE = object()  # what load_resume returns for a run that already reached trainer.max_steps
 
 
-def check_run_dir(run_dir: Path, resume_path: Path | None) -> None:
-    """Refuse to start a fresh run on top of an earlier one (resuming into it is fine)."""
-    taken = [m for m in RUN_MARKERS if (run_dir / m).exists()] + [p.name for p in run_dir.glob("events.out.tfevents.*")]
-    if not taken:
-        return
-    if resume_path is not None and run_dir.resolve() in resume_path.resolve().parents:
-        return
-    raise ConfigError(f"run dir {run_dir} already holds a run ({taken[0]}); pass resume={run_dir} to continue it, "
-                      "or choose another hydra.run.dir")
+def load_resume(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, Any]:
+    """The verified checkpoint ``resume=`` names (path and payload), or ``(None, None)`` for a fresh start.
 
-
-def load_resume(cfg: DictConfig) -> tuple[Path | None, dict[str, Any] | None]:
-    """The verified checkpoint ``resume=`` names (path and payload), or ``(None, None)``."""
-    if not cfg.get("resume"):
+    ``resume=auto``: the run dir's ``checkpoints/last.pt`` when there is one, else a fresh start, so a
+    requeued job is the same command; the payload is :data:`COMPLETE` when that run already finished.
+    """
+    resume = cfg.get("resume")
+    if not resume:
         return None, None
-    path = resolve_checkpoint_path(cfg.resume)
+    if resume == AUTO:
+        path = run_dir / "checkpoints" / "last.pt"
+        if not path.is_file():
+            log.info("resume=auto: no checkpoint in %s, starting fresh", run_dir)
+            return None, None
+    else:
+        path = resolve_checkpoint_path(resume)
     payload = load_checkpoint(path)
-    missing = [key for key in RESUME_KEYS if key not in payload]
-    if missing:
-        raise CheckpointError(f"{path} is not an alttrain training checkpoint (it has no '{missing[0]}' entry); "
-                              "pass a checkpoints/last.pt or step_*.pt written by scripts/train.py")
-    try:
-        step = int(payload["trainer"]["step"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{path} holds no valid trainer step; it was not written by scripts/train.py") from None
+    step = check_training_payload(payload, path)
     if cfg.trainer.max_steps <= step:
+        if resume == AUTO:
+            log.info("resume=auto: %s is at step %d = trainer.max_steps, so the run is complete", path, step)
+            return path, COMPLETE
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps} but {path} is already at step {step}: "
                           f"pass trainer.max_steps=<more than {step}> to train further")
     return path, payload
 
 
-def write_run_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> str:
-    hydra_dir = run_dir / ".hydra"
-    hydra_dir.mkdir(parents=True, exist_ok=True)
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    (hydra_dir / "config.yaml").write_text(text)
-    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
-    return text
+class DistributedError(AltTrainError):
+    """A collective that timed out or lost a peer: one line naming this rank and the step."""
 
 
-def checkpoint_meta(cfg: DictConfig, comps: Components) -> dict[str, Any]:
-    """What scripts/sample.py needs to rebuild the generator without the data set."""
-    node = OmegaConf.to_container(cfg.model.generator, resolve=True)
-    shape = comps.data.sample_shape
-    from alttrain.build import AUTO_FROM_SHAPE
+def collective_failure(exc: RuntimeError, trainer: Trainer) -> str | None:
+    """One line for a gloo/NCCL timeout or a lost peer under torchrun, else None."""
+    replicas, text = trainer.replicas, str(exc)
+    if replicas is None:
+        return None
+    rank, step = replicas.ctx.rank, trainer.state.step
+    if "Timed out" in text or "timed out" in text or "Watchdog caught collective operation timeout" in text:
+        return (f"rank {rank} waited trainer.collective_timeout={replicas.timeout_s:g} s for the other processes at "
+                f"step {step}: one of them is stuck, stopped or slower than that (rank 0's evaluations count); "
+                "find it, or raise trainer.collective_timeout")
+    if "Connection closed by peer" in text or "Connection reset by peer" in text:
+        return (f"rank {rank} lost its connection to another process at step {step}: that process ended; its own "
+                "output says why")
+    return None
 
-    for key, value in node.items():
-        if value == "auto":
-            node[key] = AUTO_FROM_SHAPE[key](shape)
-    return {"generator": OmegaConf.to_yaml(OmegaConf.create(node)), "sample_shape": list(shape),
-            "kind": comps.data.kind, "latent_dim": comps.gan.latent_dim}
+
+def completed_metrics(run_dir: Path, cfg: DictConfig) -> dict[str, float]:
+    """The final metrics a completed run wrote (``resume=auto`` of a finished run does nothing else)."""
+    record = run_dir / "metrics.json"
+    if not record.is_file():
+        return {}
+    values = json.loads(record.read_text())
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and k != "step"}
 
 
 def make_callbacks(cfg: DictConfig, comps: Components, run_dir: Path, config_yaml: str) -> list[Callback]:
     # Imported here: they pull in torchvision and torchmetrics, which a start that fails on bad
     # input should not wait for.
     from alttrain.callbacks.samples import SampleCallback
-    from alttrain.evaluate import Evaluator
+    from alttrain.metrics.evaluate import Evaluator
 
     t = cfg.trainer
-    text = {"config": config_yaml, "param_groups": "\n\n".join(n.summary() for n in comps.networks)}
-    logger = TensorBoardLogger(run_dir, log_every=t.log_every, text=text, hparams=flat_hparams(cfg))
-    generator_fn = lambda: comps.ema.model if comps.ema is not None else comps.generator.module  # noqa: E731
-    data = comps.data
-    reference = data.reference(min(1000, data.size or 1000)) if data.kind == "points" else None
-    samples = SampleCallback(run_dir / "samples", t.sample_every, generator_fn, comps.gan.latent_dim, data.kind,
-                             logger=logger, reference=reference, centers=data.centers)
-    evaluator = Evaluator(data, generator_fn, comps.gan.latent_dim, cfg.metrics.num_samples, comps.device)
-    metrics = MetricsCallback(evaluator, cfg.metrics.eval_every, run_dir / "metrics.json", logger=logger)
+    text = {"config": config_yaml, "param_groups": "\n\n".join(n.summary() for n in comps.networks.values())}
+    logger = LogCallback(build_loggers(cfg, run_dir), log_every=t.log_every, text=text, hparams=flat_hparams(cfg))
+    callbacks: list[Callback] = [ProgressBar(mode=t.progress)]
+    sampler_fn = lambda: comps.sampling_module
+    data, conditional = comps.data, comps.generator.conditional
+    if comps.prior is not None:
+        reference = data.reference(min(1000, data.size or 1000)) if data.kind == "points" else None
+        callbacks.append(SampleCallback(run_dir / "samples", t.sample_every, sampler_fn, comps.prior, data.kind,
+                                        logger=logger, reference=reference, centers=data.centers,
+                                        conditional=conditional))
+        encoder = cfg.metrics.get("encoder")
+        evaluator = Evaluator(data, sampler_fn, comps.prior, cfg.metrics.num_samples, comps.device, conditional,
+                              encoder=comps.networks[encoder].module if encoder else None,
+                              inception_weights=cfg.metrics.get("inception_weights"),
+                              inception_sha256=cfg.metrics.get("inception_sha256"))
+        callbacks.append(MetricsCallback(evaluator, cfg.metrics.eval_every, run_dir / "metrics.json", logger=logger,
+                                         info=evaluator.info))
+    # Order matters at train end: metrics feed the logger's HParams. The checkpoint comes last at each
+    # step end (it holds the other callbacks' state); the final one is written at the last step's end.
+    callbacks.append(logger)
+    if comps.adaptive is not None:  # augment=ada: moves p after D's updates, logs augment/p and augment/rt
+        comps.adaptive.logger = logger
+        callbacks.append(comps.adaptive)
+    if t.get("profile", False):  # trainer.profile=true: a few steps recorded with torch.profiler
+        callbacks.append(ProfileCallback(run_dir / "profile"))
+    callbacks += build_callbacks(cfg)  # the callbacks group's: before the checkpoint, which saves their state
     checkpoints = CheckpointCallback(run_dir / "checkpoints", t.checkpoint_every, t.keep_checkpoints, config_yaml,
-                                     checkpoint_meta(cfg, comps))
-    progress = ProgressBar(mode=t.progress)
-    # Order matters at train end: metrics feed the logger's HParams; the checkpoint comes last.
-    return [progress, samples, metrics, logger, checkpoints]
+                                     sampling_meta(cfg, comps))
+    metrics = next((c for c in callbacks if isinstance(c, MetricsCallback)), None)
+    summary = RunSummary(run_dir, lambda: metrics.final if metrics is not None else {},
+                         lambda: checkpoints.ckpt_dir / "last.pt" if checkpoints.last_path is not None else None)
+    return callbacks + [summary, checkpoints]  # the summary's train end comes after the final metrics
 
 
 def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] = ()) -> dict[str, float]:
@@ -116,36 +150,76 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] = ()) -> di
     Under torchrun every rank calls this; only rank 0 writes (into rank 0's ``run_dir``) and
     returns metrics, the others return ``{}``.
     """
-    ctx = distributed.setup()
-    run_dir = distributed.agree_run_dir(run_dir)
+    ctx = processes.setup()
+    run_dir = processes.agree_run_dir(run_dir)
     validate_config(cfg)
-    resume_path, payload = load_resume(cfg)
+    resume_path, payload = load_resume(cfg, run_dir)
+    if payload is COMPLETE:
+        return completed_metrics(run_dir, cfg)
     comps = build_components(cfg)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)  # the text write_run_config writes below
-    callbacks = make_callbacks(cfg, comps, run_dir, config_yaml) if ctx.is_main else []
+    # Every rank augments its own batch, so every rank moves ADA's p (the controller agrees it across ranks).
+    callbacks = make_callbacks(cfg, comps, run_dir, config_yaml) if ctx.is_main else \
+        [c for c in (comps.adaptive,) if c is not None]
     stream = comps.data.stream(seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
-    trainer = Trainer(comps.networks, comps.phases, comps.gan, stream,
-                      max_steps=cfg.trainer.max_steps, callbacks=callbacks, on_nan=cfg.trainer.on_nan,
-                      nan_check_every=cfg.trainer.nan_check_every,
-                      audit=cfg.trainer.audit, log_every=cfg.trainer.log_every, precision=comps.precision,
-                      ema=comps.ema, replicas=comps.replicas, compile=comps.compile)
-    distributed.seed_rank(cfg.seed)
+    t = cfg.trainer
+    trainer = Trainer(list(comps.networks.values()), comps.phases, stream, max_steps=t.max_steps,
+                      callbacks=callbacks, prior=comps.prior, on_nan=t.on_nan, nan_check_every=t.nan_check_every,
+                      audit=t.audit, log_every=t.log_every, precision=comps.precision, ema=comps.ema,
+                      replicas=comps.replicas, compile=comps.compile, transforms=comps.transforms,
+                      reuse_fakes=t.get("reuse_fakes", "auto"))
+    processes.seed_rank(cfg.seed)
     if payload is not None:
         try:
-            load_trainer_state(trainer, payload)
+            check_same_run(payload, comps.data.name, ctx.world_size)
+            restore_trainer(trainer, payload)
             # Last before training: building the models and callbacks above drew from these streams.
-            distributed.restore_rank_rng(payload)
+            processes.restore_rank_rng(payload)
         except CheckpointError as exc:
             raise CheckpointError(f"{resume_path}: {exc}") from None
     # Only now, with every input checked, may anything be written.
-    if ctx.is_main:  # one writer: rank 0 owns the run dir, event files and checkpoints
-        check_run_dir(run_dir, resume_path)
-        write_run_config(run_dir, cfg, list(overrides))
+    lock, failure = RunDirLock(run_dir) if ctx.is_main else None, None  # one writer: rank 0 owns the run dir
+    if lock is not None:
+        try:
+            lock.acquire()
+            check_run_dir(run_dir, resume_path, fresh_allowed=cfg.get("resume") == AUTO)
+            if resume_path is not None:
+                check_writable(run_dir / "checkpoints", "the checkpoints dir")
+            lock.mark_owner()
+            write_run_config(run_dir, cfg, list(overrides))
+        except (AltTrainError, OSError) as exc:
+            failure = exc
+    processes.agree_started(failure is None)  # under torchrun: the other ranks must not wait for rank 0 forever
+    if failure is not None:
+        raise failure
     if payload is not None:
         log.info("resumed from %s at step %d", resume_path, trainer.state.step)
-    for net in comps.networks:
+    for net in comps.networks.values():
         log.info("\n%s", net.summary())
-    trainer.fit()
-    metrics = next((c.final for c in callbacks if isinstance(c, MetricsCallback)), {})
-    log.info("finished at step %d: %s", trainer.state.step, metrics)
-    return metrics
+    try:
+        fit(trainer, run_dir)
+    finally:
+        getattr(stream, "close", lambda: None)()  # data loader workers end with the run, even a failed one
+        if lock is not None:
+            lock.release()
+    return next((c.final for c in callbacks if isinstance(c, MetricsCallback)), {})
+
+
+def fit(trainer: Trainer, run_dir: Path) -> None:
+    """Train, stopping at a step boundary on SIGTERM, SIGUSR1 or SIGINT (see :mod:`alttrain.run.signals`)."""
+    try:
+        with graceful_stop(trainer):
+            trainer.fit()
+    except RuntimeError as exc:
+        problem = collective_failure(exc, trainer)
+        if problem is None:
+            raise
+        raise DistributedError(problem) from None
+    except KeyboardInterrupt:  # a second Ctrl-C
+        raise Stopped(signal.SIGINT, f"interrupted at step {trainer.state.step}; the last checkpoint in "
+                                     f"{run_dir / 'checkpoints'} is intact; continue with: "
+                                     f"{continue_command(run_dir)}") from None
+    if trainer.should_stop and trainer.state.step < trainer.max_steps:
+        signum = signal.Signals[trainer.stop_requested] if trainer.stop_requested else signal.SIGTERM
+        raise Stopped(signum, f"stopped by {signum.name} at step {trainer.state.step}, checkpoint "
+                              f"{run_dir / 'checkpoints' / 'last.pt'}; continue with: {continue_command(run_dir)}")

@@ -1,68 +1,70 @@
-"""Config -> objects. The only module that reads the Hydra config; everything below takes plain objects."""
+"""Config -> objects. The only module that reads the Hydra config; everything below takes plain objects.
+
+Order: validate -> seed -> data -> models (``auto`` arguments from the data) -> latent prior ->
+loss terms -> shape probe -> param groups and optimizers -> lr schedules -> phases -> EMA -> DDP ->
+input augmentation (:mod:`alttrain.run.augment`). Everything is checked before any file is written.
+"""
 
 from __future__ import annotations
 
-import functools
 import logging
-import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.optim.lr_scheduler import LRScheduler
 
-from alttrain.checkpoint import unstorable
-from alttrain.compile import compile_backend
-from alttrain.config import validate_config
-from alttrain.distributed import Replicas, make_replicas
-from alttrain.ema import EMA, make_ema
-from alttrain.errors import AltTrainError, ConfigError
-from alttrain.network import Network, build_network
-from alttrain.objectives import GANPair, R1Penalty
-from alttrain.phases import Phase
-from alttrain.precision import Precision
-from alttrain.schedules import USE_INSTEAD, check_scheduler
+from alttrain.engine.batch import LatentPrior, infer_latent_shape
+from alttrain.engine.network import Network, build_network, takes_labels
+from alttrain.engine.phase import Phase
+from alttrain.errors import ConfigError
+from alttrain.run.augment import build_augment
+from alttrain.run.config import network_names, phase_networks, validate_config
+from alttrain.run.instantiate import (
+    auto_fills,
+    build_loss_terms,
+    build_model,
+    build_scheduler,
+    instantiate_node,
+)
+from alttrain.run.probe import probe_terms
+from alttrain.scale.compile import compile_backend
+from alttrain.scale.distributed import Replicas, make_replicas
+from alttrain.scale.ema import EMA, make_ema
+from alttrain.scale.precision import Precision
+from alttrain.scale.rng import seed_everything
 
 log = logging.getLogger("alttrain")
-
-# Model arguments that may be set to `auto` and are then filled from the data's sample shape.
-AUTO_FROM_SHAPE = {
-    "image_size": lambda shape: shape[-1],
-    "channels": lambda shape: shape[0],
-    "in_dim": lambda shape: int(np.prod(shape)),
-    "out_dim": lambda shape: int(np.prod(shape)),
-    "sample_shape": lambda shape: list(shape),
-}
 
 
 @dataclass
 class Components:
     """Everything a run is made of, before callbacks are attached."""
 
-    data: Any                      # alttrain.data.DataSource
-    generator: Network
-    discriminator: Network
+    data: Any                          # alttrain.data.DataSource
+    networks: dict[str, Network]       # by name, in the order of the model config
     phases: list[Phase]
-    gan: GANPair
+    prior: LatentPrior | None          # z (and labels) for fakes; None when no network draws z
     precision: Precision
     device: torch.device
-    ema: EMA | None = None             # trainer.ema: moving average of G (None: off)
+    sampler: str                       # the network whose samples are drawn, scored and saved for sample.py
+    ema: EMA | None = None             # trainer.ema: moving average of one network (None: off)
     replicas: Replicas | None = None   # under torchrun: DDP and agreement across processes
     compile: str | None = None         # trainer.compile: a torch.compile backend (None: eager)
+    transforms: dict[str, Any] = field(default_factory=dict)  # augment=: network -> its input augmentation
+    adaptive: Any = None               # augment=ada: the ADAController callback that moves p (every rank runs it)
 
     @property
-    def networks(self) -> list[Network]:
-        return [self.generator, self.discriminator]
+    def generator(self) -> Network:
+        """The sampling network (``sampler``, by default the one named ``generator``)."""
+        return self.networks[self.sampler]
 
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    @property
+    def sampling_module(self) -> torch.nn.Module:
+        """What samples, metrics and sample.py draw from: the EMA of the sampler when it has one."""
+        if self.ema is not None and self.ema.source is self.generator.module:
+            return self.ema.model
+        return self.generator.module
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,131 +79,43 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def instantiate_node(key: str, node: DictConfig, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` with failures turned into one readable line naming ``key``."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        if isinstance(cause, AltTrainError):
-            # A constructor names its own argument ("hidden_dim"); say which config node it came from.
-            raise (cause if str(cause).startswith(key) else type(cause)(f"{key}: {cause}")) from None
-        raise ConfigError(f"cannot build {key} ({node.get('_target_')}): {cause or exc}") from None
-    except AltTrainError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cannot build {key} ({node.get('_target_')}): {exc}") from None
-
-
-def build_model(key: str, node: DictConfig, sample_shape: tuple[int, ...]) -> torch.nn.Module:
-    """Instantiate a model node, filling ``auto`` arguments from the data's sample shape."""
-    fills = {}
-    for arg, value in node.items():
-        if value == "auto":
-            if arg not in AUTO_FROM_SHAPE:
-                raise ConfigError(f"{key}.{arg}=auto is not supported; only {', '.join(AUTO_FROM_SHAPE)} can be auto")
-            fills[arg] = AUTO_FROM_SHAPE[arg](sample_shape)
-    try:
-        module = instantiate_node(key, node, **fills)
-    except AltTrainError as exc:
-        if not any(arg in str(exc) for arg in fills):
-            raise
-        filled = ", ".join(f"{arg}={value}" for arg, value in fills.items())
-        raise type(exc)(f"{exc} ({filled} filled from the data's sample shape {tuple(sample_shape)}: change the "
-                        "data's size or choose a model made for this data)") from None
-    if not isinstance(module, torch.nn.Module):
-        raise ConfigError(f"{key} must build a torch.nn.Module, got {type(module).__name__}")
-    return module
-
-
-def build_scheduler(key: str, node: DictConfig | None, optimizer: torch.optim.Optimizer) -> LRScheduler | None:
-    """Build the ``_partial_`` scheduler node ``key`` for ``optimizer`` (``None`` when the node is null)."""
-    if node is None:
+def build_prior(cfg: DictConfig, modules: dict[str, torch.nn.Module], data: Any, conditional: bool,
+                device: torch.device) -> LatentPrior | None:
+    shape = cfg.model.get("latent_shape")
+    shape = tuple(shape) if shape is not None else infer_latent_shape(list(modules.values()))
+    if shape is None:
         return None
-    factory = instantiate_node(key, node)
-    target = getattr(factory, "func", factory)  # the class behind functools.partial
-    if isinstance(target, type):
-        check_scheduler(target, key)  # before calling it: a class that is no scheduler never sees the optimizer
-    try:
-        scheduler = factory(optimizer)
-    except AltTrainError as exc:
-        raise type(exc)(f"{key}: {exc}") from None
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ConfigError(f"cannot build {key} ({node.get('_target_')}): {exc}") from None
-    check_scheduler(scheduler, key)
-    # Found now rather than at the first checkpoint, possibly hours into the run.
-    problem = unstorable(scheduler.state_dict(), "state_dict()")
-    if problem is not None:
-        raise ConfigError(f"{key}: {problem}, which a checkpoint cannot hold (it is loaded with weights_only=True); "
-                          f"use a scheduler whose state is numbers, lists and dicts, e.g. {USE_INSTEAD}")
-    return scheduler
-
-
-def check_shapes(generator: torch.nn.Module, discriminator: torch.nn.Module, sample_shape: tuple[int, ...]) -> int:
-    """Run both models once on a tiny batch; a model that cannot take the data's shape fails here."""
-    latent_dim = getattr(generator, "latent_dim", None)
-    if not isinstance(latent_dim, int):
-        raise ConfigError("model.generator must expose an integer attribute latent_dim (the size of z)")
-    was_training = generator.training, discriminator.training
-    generator.eval(), discriminator.eval()  # eval: no buffer updates from this probe
-    try:
-        with torch.no_grad():
-            fake = generator(torch.zeros(2, latent_dim))
-            if tuple(fake.shape[1:]) != tuple(sample_shape):
-                raise ConfigError(f"the generator makes samples of shape {tuple(fake.shape[1:])} but the data's are "
-                                  f"{tuple(sample_shape)}; set the model's size arguments to auto or match data")
-            logits = discriminator(fake)
-    except ConfigError:
-        raise
-    except RuntimeError as exc:
-        raise ConfigError(f"the model cannot take the data's shape {tuple(sample_shape)}: "
-                          f"{str(exc).splitlines()[0]}") from None
-    finally:
-        generator.train(was_training[0]), discriminator.train(was_training[1])
-    if logits.shape not in ((2,), (2, 1)):
-        raise ConfigError(f"the discriminator must return one logit per sample, shape (B,), got {tuple(logits.shape)}")
-    return latent_dim
-
-
-def build_loss_terms(node: DictConfig) -> dict[str, Any]:
-    """The loss group's terms by key (``d``, ``g``, ``r1``, ...), ready to be called every step."""
-    return {key: _plain_partials(instantiate_node(f"loss.{key}", term)) for key, term in node.items()}
-
-
-def _plain_partials(term: Any) -> Any:
-    """Swap the ``_partial_: true`` objects that ``term`` holds (its ``fn``) for plain ``functools.partial``s.
-
-    hydra-core 1.3.8 builds ``_partial_`` nodes as a ``functools.partial`` subclass that re-checks its
-    target policy on every call: about 300 µs per call on a 2-core CPU, more than a loss function's
-    own work, and a loss is called in every phase. The target was authorised when it was built and
-    the trainer calls it with tensors only, so a plain partial of the same function is equivalent.
-    """
-    for name, value in list(getattr(term, "__dict__", {}).items()):
-        if isinstance(value, functools.partial) and type(value) is not functools.partial:
-            setattr(term, name, functools.partial(value.func, *value.args, **value.keywords))
-    return term
+    probs = data.class_frequencies() if conditional and cfg.model.get("class_prior", "uniform") == "data" else None
+    return LatentPrior(shape, data.num_classes if conditional else None, probs, device)
 
 
 def build_phases(cfg: DictConfig, networks: dict[str, Network], terms: dict[str, Any]) -> list[Phase]:
     phases = []
     for name, spec in cfg.trainer.phases.items():
+        if spec is None:
+            continue  # removed by an experiment (`G: null`)
         groups = spec.get("groups")
+        if groups is not None:
+            groups = OmegaConf.to_container(groups, resolve=True)
         phases.append(Phase(
-            name=name, network=networks[spec.network], loss=terms[spec.loss],
-            groups=None if groups is None else tuple(groups), repeat=spec.get("repeat", 1),
-            every=spec.get("every", 1), accumulate=spec.get("accumulate", 1), weight=float(spec.get("weight", 1.0)),
+            name=name, networks=[networks[n] for n in phase_networks(f"trainer.phases.{name}", spec)],
+            loss=terms[spec.loss], groups=groups, repeat=spec.get("repeat", 1), every=spec.get("every", 1),
+            accumulate=spec.get("accumulate", 1), weight=float(spec.get("weight", 1.0)),
         ))
     return phases
 
 
-def warn_penalty_with_batchnorm(phases: list[Phase], discriminator: torch.nn.Module) -> None:
+def warn_penalty_with_batchnorm(phases: list[Phase], networks: dict[str, Network]) -> None:
     """Input-gradient penalties assume samples are scored independently; BatchNorm mixes them."""
-    penalised = [p.name for p in phases if getattr(p.loss, "gp_weight", 0) > 0 or isinstance(p.loss, R1Penalty)]
-    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in discriminator.modules())
-    if penalised and has_bn:
-        log.warning("phase %s applies a gradient penalty to a discriminator with BatchNorm, which mixes samples "
-                    "and makes per-sample input gradients meaningless; set model.discriminator.norm=spectral or none",
-                    ", ".join(penalised))
+    for phase in phases:
+        if not getattr(phase.loss, "double_backward", False):
+            continue
+        name = getattr(phase.loss, "discriminator", None)
+        module = networks[name].module if name in networks else None
+        if module is not None and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+            log.warning("phase %s applies a gradient penalty to a discriminator with BatchNorm, which mixes samples "
+                        "and makes per-sample input gradients meaningless; set model.%s.norm=spectral or none",
+                        phase.name, name)
 
 
 def build_components(cfg: DictConfig) -> Components:
@@ -211,33 +125,62 @@ def build_components(cfg: DictConfig) -> Components:
     device = resolve_device(cfg.device)
     precision = Precision(cfg.trainer.precision, device)  # before the costly parts: it may refuse the device
     data = instantiate_node("data", cfg.data)
-    generator = build_model("model.generator", cfg.model.generator, data.sample_shape)
-    discriminator = build_model("model.discriminator", cfg.model.discriminator, data.sample_shape)
-    latent_dim = check_shapes(generator, discriminator, data.sample_shape)
-    generator.to(device), discriminator.to(device)
+    # Streams that read in worker processes pin their batches for the trainer's non_blocking copy to CUDA.
+    data.pin_memory = device.type == "cuda"
+    names = network_names(cfg)
+    modules = {name: build_model(f"model.{name}", cfg.model[name], data) for name in names}
+    conditional = frozenset(n for n, m in modules.items() if takes_labels(m))
+    if conditional and data.num_classes is None:
+        name = next(iter(conditional))
+        raise ConfigError(f"model.{name} is conditional (its forward takes labels), but data {data.name} has no "
+                          "labels; use labelled data or an unconditional model")
+    prior = build_prior(cfg, modules, data, bool(conditional), torch.device("cpu"))
+    terms = build_loss_terms(cfg.loss)
+    phase_terms = {name: spec.loss for name, spec in cfg.trainer.phases.items() if spec is not None}
+    targets = {n: str(cfg.model[n]._target_) for n in names}
+    probe_terms(terms, phase_terms, modules, prior, conditional, data.sample_shape, data.kind,
+                data.num_classes, targets)
     networks = {}
-    for name, module in (("generator", generator), ("discriminator", discriminator)):
+    for name, module in modules.items():
+        module.to(device)
         optim_cfg = cfg.optim[name]
         factory = instantiate_node(f"optim.{name}.optimizer", optim_cfg.optimizer)
         groups = OmegaConf.to_container(optim_cfg.param_groups, resolve=True)
         networks[name] = net = build_network(name, module, groups, factory)
         net.scheduler = build_scheduler(f"optim.{name}.scheduler", optim_cfg.get("scheduler"), net.optimizer)
-    terms = build_loss_terms(cfg.loss)
     phases = build_phases(cfg, networks, terms)
-    warn_penalty_with_batchnorm(phases, discriminator)
-    gan = GANPair(generator, discriminator, latent_dim, data.batch_size, device)
+    warn_penalty_with_batchnorm(phases, networks)
     t, ema_cfg = cfg.trainer, cfg.trainer.get("ema") or {}
-    ema = make_ema(generator, ema_cfg.get("half_life_samples"), ema_cfg.get("rampup"))
+    sampler = cfg.get("sampler", "generator")
+    ema_net = ema_cfg.get("network") or sampler
+    ema = make_ema(networks[ema_net].module, ema_cfg.get("half_life_samples"), ema_cfg.get("rampup"))
     replicas = make_replicas(device, t.get("sync_batchnorm", False), t.get("consistency_check", True),
-                             t.checkpoint_every)
-    return Components(data, networks["generator"], networks["discriminator"], phases, gan, precision, device,
-                      ema=ema, replicas=replicas, compile=compile_backend(t.get("compile", False)))
+                             t.checkpoint_every, t.get("collective_timeout", 600))
+    transforms, adaptive = build_augment(cfg, data, phases, device)
+    return Components(data, networks, phases, prior.to(device) if prior is not None else None, precision, device,
+                      sampler, ema=ema, replicas=replicas, compile=compile_backend(t.get("compile", False)),
+                      transforms=transforms, adaptive=adaptive)
+
+
+def sampling_meta(cfg: DictConfig, comps: Components) -> dict[str, Any]:
+    """What scripts/sample.py needs to rebuild the sampling network without the data set."""
+    node = OmegaConf.to_container(cfg.model[comps.sampler], resolve=True)
+    node.update(auto_fills(f"model.{comps.sampler}", cfg.model[comps.sampler], comps.data))
+    prior = comps.prior
+    shape = list(prior.shape) if prior is not None else None
+    return {"generator": OmegaConf.to_yaml(OmegaConf.create(node)), "sampler": comps.sampler,
+            "sample_shape": list(comps.data.sample_shape), "kind": comps.data.kind, "data": comps.data.name,
+            "world_size": comps.replicas.world_size if comps.replicas is not None else 1,
+            "latent_dim": shape[0] if shape is not None and len(shape) == 1 else None, "latent_shape": shape,
+            "num_classes": prior.num_classes if prior is not None else None,
+            "conditional": comps.generator.conditional}
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The run's hyper-parameters as a flat dict of scalars, for TensorBoard's HParams view."""
+    """The run's hyper-parameters as a flat dict of scalars, for the loggers' HParams views."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
+    for section in ("hydra", "logger", "callbacks"):  # where and how a run is watched: no hyper-parameters
+        container.pop(section, None)
     out: dict[str, Any] = {}
 
     def walk(prefix: str, node: dict) -> None:

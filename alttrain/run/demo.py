@@ -1,6 +1,6 @@
 """One step of gradient descent on a toy graph: which leaves does the optimizer move?
 
-    python scripts/seed_demo.py none        # or: trainable | var_list | scope
+    python scripts/seed_demo.py none        # or: trainable | var_list | scope (also: alttrain demo none)
 
 The classic TensorFlow 1 demo, rewritten with PyTorch and alttrain. Four one-element leaves
 w=3, b=1, x=2, y_=5 feed f = (y_ - (w*x + b))**2, spelled out as
@@ -27,7 +27,7 @@ import argparse
 import torch
 from torch import nn
 
-from alttrain.params import resolve_groups, torch_param_groups
+from alttrain.engine.params import resolve_groups, torch_param_groups
 
 CASES = ("none", "trainable", "var_list", "scope")
 LR = 1.0
