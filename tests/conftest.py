@@ -32,6 +32,14 @@ def compose_config(*overrides: str):
         return compose(config_name="train", overrides=list(overrides))
 
 
+def payload_of(trainer) -> dict:
+    """The checkpoint payload of ``trainer`` as the checkpoint callback builds it."""
+    from alttrain.persist.schema import build_payload
+    from alttrain.scale.rng import capture_rng_state
+
+    return build_payload(trainer, rng=capture_rng_state(), config="", meta={})
+
+
 @pytest.fixture
 def compose_cfg():
     return compose_config

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from alttrain.app import train
 from conftest import RING8, ROOT, SCRIPTS, compose_config
+
+from alttrain.run.app import train
 
 EARLIER = (*RING8, "data.batch_size=64", "model.hidden_dim=32", "trainer.max_steps=4",
            "trainer.checkpoint_every=2", "trainer.sample_every=2", "trainer.log_every=2", "metrics.num_samples=16",
@@ -29,8 +29,13 @@ COSINE = SCHEDULER + "{_target_: torch.optim.lr_scheduler.CosineAnnealingLR, _pa
 CASES = [
     ("new top-level key", "train", ["+unknown_key=1"], ["unknown config key 'unknown_key'"]),
     ("new trainer key", "train", ["+trainer.bogus=1"], ["unknown config key 'trainer.bogus'", "max_steps"]),
-    ("typo without +", "train", ["trainer.max_stepz=5"], [HYDRA, "Could not override 'trainer.max_stepz'"]),
-    ("unknown group option", "train", ["data=nope"], [HYDRA, "Could not find 'data/nope'"]),
+    ("typo without +", "train", ["trainer.max_stepz=5"],
+     ["Could not override 'trainer.max_stepz'. To append to your config use +trainer.max_stepz=5"]),
+    ("unknown group option", "train", ["data=nope"],
+     ["Could not find 'data/nope' Available options in 'data': cifar10, ", "digits, grid25"]),
+    ("override grammar", "train", ["trainer.max_steps=[1"], ["no viable alternative at input '[1'"]),
+    ("seed beyond 64 bits", "train", ["seed=1180591620717411303424"],
+     ["seed must be an integer in [-2**63, 2**64), got 1180591620717411303424"]),
     ("max_steps zero", "train", ["trainer.max_steps=0"], ["trainer.max_steps must be an integer >= 1, got 0"]),
     ("max_steps not a number", "train", ["trainer.max_steps=abc"], ["trainer.max_steps", "'abc'"]),
     ("n_critic negative", "train", ["trainer.n_critic=-1"], ["trainer.n_critic must be an integer >= 1, got -1"]),
@@ -78,10 +83,35 @@ CASES = [
      ["{run}/checkpoints/last.pt", "tensor 'body.0.weight' has shape (32, 2)", "(16, 2)"]),
     ("resume with other data settings", "train", ["resume={run}", "trainer.max_steps=8", "data.batch_size=32"],
      ["{run}/checkpoints/last.pt", "batch_size=64", "batch_size=32"]),
+    ("resume on another data set", "train", ["resume={run}", "trainer.max_steps=8", "experiment=grid25",
+                                             "data.batch_size=64"],
+     ["{run}/checkpoints/last.pt: the checkpoint was trained on ring8 and this run's data is grid25",
+      "data=ring8"]),
     ("resume adding a scheduler", "train", ["resume={run}", "trainer.max_steps=8", COSINE],
      ["{run}/checkpoints/last.pt", "holds none for it", "resume with the original optim.generator.scheduler"]),
     ("resume without raising max_steps", "train", ["resume={run}"],
      ["trainer.max_steps=4", "already at step 4", "trainer.max_steps=<more than 4>"]),
+    ("optimizer for no network", "train", ["+optim.genrator.x=3"],
+     ["optim.genrator names no network (the networks are generator, discriminator); did you mean optim.generator?"]),
+    ("model entry without a target", "train", ["+model.encoder.hidden=3"],
+     ["model.encoder has no _target_, so it is no network"]),
+    ("network without an optimizer", "train", ["+model.encoder={_target_: alttrain.models.MLPEncoder}"],
+     ["network 'encoder' has no optimizer: add optim.encoder"]),
+    ("phase of an unknown network", "train", ["trainer.phases.G.network=gen"],
+     ["trainer.phases.G trains 'gen', which is not a network; the networks are generator, discriminator"]),
+    ("phase with network and networks", "train", ["+trainer.phases.G.networks=[generator]"],
+     ["trainer.phases.G needs exactly one of network: <name> or networks: [<name>, ...]"]),
+    ("loss term naming an unknown network", "train", ["+loss.g.discriminator=critic"],
+     ["phase 'G' (loss.g): it uses network 'critic', which is not a network of this run"]),
+    ("sampler not a network", "train", ["sampler=gen"], ["sampler is 'gen', which is not a network"]),
+    ("log_every zero", "train", ["trainer.log_every=0"], ["trainer.log_every must be an integer >= 1, got 0"]),
+    ("phase weight zero", "train", ["+trainer.phases.G.weight=0"],
+     ["trainer.phases.G.weight must be a finite number > 0, got 0"]),
+    ("phase weight negative", "train", ["+trainer.phases.D.weight=-2.5"],
+     ["trainer.phases.D.weight must be a finite number > 0, got -2.5"]),
+    ("old module path still resolves", "train", [SCHEDULER + "{_target_: alttrain.schedules.PiecewiseLinearLR, "
+                                                 "_partial_: true, points: [[3, 1.0], [1, 0.1]]}"],
+     ["PiecewiseLinearLR points[1] has step 1 after step 3"]),
     ("sample pickled code", "sample", ["checkpoint={bad}/evil.pt"], ["{bad}/evil.pt contains pickled Python objects"]),
     ("sample byte flipped", "sample", ["checkpoint={bad}/flipped.pt"], ["{bad}/flipped.pt is corrupted"]),
     ("sample not a training checkpoint", "sample", ["checkpoint={bad}/weights.pt"],
@@ -150,7 +180,7 @@ def test_bad_input_is_one_clear_line_and_loses_nothing(earlier, tmp_path, name, 
     if name.startswith("cuda") or name.startswith("fp16"):
         if torch.cuda.is_available():
             pytest.skip("needs a machine without CUDA")
-    fill = lambda s: s.replace("{run}", str(run_dir)).replace("{bad}", str(bad))  # noqa: E731
+    fill = lambda s: s.replace("{run}", str(run_dir)).replace("{bad}", str(bad))
     args = [fill(a) for a in args]
     if script == "train":
         command = [SCRIPTS / "train.py", *base_overrides(args), *args, f"hydra.run.dir={run_dir}"]

@@ -11,11 +11,11 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, SCRIPTS
 
 from alttrain.benchmarks import alttrain_trainer, make_setup
 from alttrain.benchmarks.plain_loop import PlainLoop
 from alttrain.errors import ConfigError
-from conftest import ROOT, SCRIPTS
 
 STEPS = 3
 # DCGAN shrunk to seconds; it keeps BatchNorm in both networks, so buffers are compared too.
@@ -34,9 +34,9 @@ def final_state(setup, optimizers):
     return state
 
 
-def plain_state(workload, sizes, freeze_d=True):
+def plain_state(workload, sizes, freeze_d=True, reuse_fakes=True):
     setup = make_setup(workload, seed=3, **sizes)
-    loop = PlainLoop(setup, freeze_d=freeze_d)
+    loop = PlainLoop(setup, freeze_d=freeze_d, reuse_fakes=reuse_fakes)
     loop.run(STEPS)
     return final_state(setup, {"G": loop.g_opt, "D": loop.d_opt})
 
@@ -47,15 +47,20 @@ def assert_identical(a, b):
     assert not different, different
 
 
+@pytest.mark.parametrize("reuse_fakes", [True, False])
 @pytest.mark.parametrize("workload,sizes", WORKLOADS)
-def test_the_trainer_and_the_plain_loop_end_bit_identical(workload, sizes):
+def test_the_trainer_and_the_plain_loop_end_bit_identical(workload, sizes, reuse_fakes):
+    """With reuse_fakes the loop is pytorch/examples' (one G forward per step); without, one per update."""
     setup = make_setup(workload, seed=3, **sizes)
-    trainer = alttrain_trainer(setup, max_steps=STEPS)
+    trainer = alttrain_trainer(setup, max_steps=STEPS, reuse_fakes=reuse_fakes)
+    assert bool(trainer.reuse) == reuse_fakes
     trainer.fit()
     alt = final_state(setup, {"G": trainer.network("generator").optimizer,
                               "D": trainer.network("discriminator").optimizer})
     assert trainer.state.phase_updates == {"D": STEPS, "G": STEPS}
-    assert_identical(alt, plain_state(workload, sizes))
+    assert_identical(alt, plain_state(workload, sizes, reuse_fakes=reuse_fakes))
+    if reuse_fakes:  # and the two settings really differ
+        assert not all(torch.equal(a, b) for a, b in zip(alt.values(), plain_state(workload, sizes, reuse_fakes=False).values()))
 
 
 @pytest.mark.parametrize("workload,sizes", WORKLOADS)
@@ -66,7 +71,7 @@ def test_lightning_with_toggle_optimizer_ends_bit_identical(workload, sizes):
     setup = make_setup(workload, seed=3, **sizes)
     module = fit_lightning(setup, STEPS)
     opt_d, opt_g = module.trainer.optimizers
-    assert_identical(final_state(setup, {"G": opt_g, "D": opt_d}), plain_state(workload, sizes))
+    assert_identical(final_state(setup, {"G": opt_g, "D": opt_d}), plain_state(workload, sizes, reuse_fakes=False))
 
 
 def test_the_logged_variants_compute_the_same_and_write_tensorboard(tmp_path):
@@ -92,7 +97,7 @@ def test_the_logged_variants_compute_the_same_and_write_tensorboard(tmp_path):
     setup = make_setup(workload, seed=3, **sizes)
     module = fit_lightning(setup, STEPS, log_dir=str(tmp_path / "pl"))
     opt_d, opt_g = module.trainer.optimizers
-    assert_identical(final_state(setup, {"G": opt_g, "D": opt_d}), plain_state(workload, sizes))
+    assert_identical(final_state(setup, {"G": opt_g, "D": opt_d}), plain_state(workload, sizes, reuse_fakes=False))
     assert module.trainer.logger is not None and module.trainer.progress_bar_callback is not None
     assert set(module.trainer.logged_metrics) == {"loss/D", "loss/G"}
 
@@ -128,33 +133,36 @@ def test_bench_script_checks_times_and_tabulates(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert "- mlp: alttrain vs plain after 2 steps: bit-identical" in out
-    assert "| mlp | plain |" in out and "| mlp | alttrain |" in out and "1.000x |" in out
+    assert "| mlp | plain |" in out and "| mlp | alttrain |" in out and "x (plain) |" in out
     assert "mlp: alttrain / plain = " in out and "(interleaved in one process; target >= 0.97x)" in out
     assert "| mlp | alttrain / plain |" in out and "| >= 0.97x |" in out
     assert "lightning" not in out.split("correctness")[1]  # left out when not asked for
 
 
 def test_the_in_process_pairing_and_the_block_timer_report_rates():
-    bench = import_script("bench")
+    from alttrain.benchmarks import timing as bench
+
     for num in ("alttrain", "alttrain-logged"):
         paired = bench.time_paired("mlp", num, "plain", steps=4, warmup=1, device="cpu", seed=0, clock="cpu",
                                    blocks=2)
         assert set(paired) == {"ratio", "num_steps_per_s", "den_steps_per_s"} and min(paired.values()) > 0
-    for impl in ("plain", "alttrain", "alttrain-logged"):
+    for impl in ("plain", "plain-separate", "alttrain", "alttrain-logged", "alttrain-separate"):
         rates = bench.time_impl(impl, "mlp", steps=4, warmup=1, device="cpu", seed=0, clock="wall", blocks=2)
         assert set(rates) == {"steps_per_s", "mean_steps_per_s"} and min(rates.values()) > 0
 
 
 def test_the_lightning_pairings_run_in_one_process():
     pytest.importorskip("lightning")
-    bench = import_script("bench")
-    for num, den in (("alttrain", "lightning"), ("alttrain-logged", "lightning-logged")):
+    from alttrain.benchmarks import timing as bench
+
+    for num, den in (("alttrain-separate", "lightning"), ("alttrain-separate-logged", "lightning-logged")):
         paired = bench.time_paired("mlp", num, den, steps=4, warmup=1, device="cpu", seed=0, clock="cpu", blocks=2)
         assert set(paired) == {"ratio", "num_steps_per_s", "den_steps_per_s"} and min(paired.values()) > 0
 
 
 def test_the_g_phase_timer_reports_both_settings():
-    bench = import_script("bench")
+    from alttrain.benchmarks import timing as bench
+
     result = bench.time_g_phase("mlp", steps=4, warmup=1, device="cpu", seed=0, clock="cpu", blocks=2)
     assert set(result) == {"g_frozen_s", "g_trainable_s"} and min(result.values()) > 0
 

@@ -16,16 +16,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from alttrain import render
-from alttrain.callbacks.base import Callback, CallbackList, PhaseResult
+from alttrain.callbacks.loggers import LogCallback, TensorBoard
 from alttrain.callbacks.progress import ProgressBar
 from alttrain.callbacks.samples import SampleCallback
-from alttrain.callbacks.tensorboard import TensorBoardLogger
+from alttrain.engine.batch import Batch, LatentPrior
+from alttrain.engine.hooks import Callback, CallbackList, PhaseResult
+from alttrain.engine.network import build_network
+from alttrain.engine.phase import Phase
+from alttrain.engine.trainer import Trainer
 from alttrain.errors import ConfigError
+from alttrain.games.terms import DiscriminatorLoss, GeneratorLoss
 from alttrain.models.mlp import MLPDiscriminator, MLPGenerator
-from alttrain.network import build_network
-from alttrain.objectives import DiscriminatorLoss, GANPair, GeneratorLoss
-from alttrain.phases import Phase
-from alttrain.trainer import Trainer
 
 GROUPS = [{"name": "body", "params": ["body.*"]}, {"name": "head", "params": ["head.*"], "lr": 5e-4}]
 
@@ -48,8 +49,8 @@ class BatchStream:
     def __iter__(self):
         return self
 
-    def __next__(self) -> torch.Tensor:
-        return torch.randn(self.batch_size, 2, generator=self.gen) * 0.5 + 1.0
+    def __next__(self) -> Batch:
+        return Batch(torch.randn(self.batch_size, 2, generator=self.gen) * 0.5 + 1.0)
 
     def state_dict(self) -> dict:
         return {}
@@ -79,10 +80,9 @@ def make_trainer(callbacks=(), max_steps: int = 7, log_every: int = 3, d_repeat:
     disc = MLPDiscriminator(in_dim=2, hidden_dim=8, depth=1)
     adam = functools.partial(torch.optim.Adam, lr=1e-3, betas=(0.5, 0.99))
     g_net, d_net = build_network("G", gen, GROUPS, adam), build_network("D", disc, GROUPS, adam)
-    phases = [Phase("D", d_net, DiscriminatorLoss(d_logistic), repeat=d_repeat),
-              Phase("G", g_net, GeneratorLoss(g_nonsaturating))]
-    gan = GANPair(gen, disc, latent_dim=2, batch_size=8)
-    return Trainer([d_net, g_net], phases, gan, BatchStream(), max_steps=max_steps, callbacks=callbacks,
+    phases = [Phase("D", d_net, DiscriminatorLoss(d_logistic, generator="G", discriminator="D"), repeat=d_repeat),
+              Phase("G", g_net, GeneratorLoss(g_nonsaturating, generator="G", discriminator="D"))]
+    return Trainer([d_net, g_net], phases, BatchStream(), max_steps=max_steps, callbacks=callbacks,
                    log_every=log_every)
 
 
@@ -107,7 +107,7 @@ def f32(x) -> float:
 def logged_run(tmp_path_factory):
     """7 steps, logging every 3rd, D with repeat=2; samples every 3 steps into the same run."""
     root = tmp_path_factory.mktemp("run")
-    logger = TensorBoardLogger(root / "tb", log_every=3,
+    logger = LogCallback([TensorBoard(root / "tb")], log_every=3,
                                text={"config": "model:\n  hidden: 8\n", "param_groups": "group lr\n```x```"},
                                hparams={"lr": 1e-3, "loss": "logistic", "repeat": 2, "ema": False})
 
@@ -117,8 +117,8 @@ def logged_run(tmp_path_factory):
 
     recorder = Recorder()
     trainer = make_trainer([recorder, Final()], d_repeat=2)
-    samples = SampleCallback(root / "samples", every=3, generator_fn=lambda: trainer.gan.generator,
-                             latent_dim=2, kind="points", num=50, logger=logger, size=64,
+    samples = SampleCallback(root / "samples", every=3, generator_fn=lambda: trainer.network("G").module,
+                             prior=LatentPrior((2,)), kind="points", num=50, logger=logger, size=64,
                              centers=torch.tensor([[1.0, 1.0], [-1.0, -1.0]]))
     trainer.callbacks = CallbackList([recorder, Final(), samples, logger])
     trainer.fit()
@@ -187,7 +187,7 @@ def test_sample_files(logged_run):
 
 
 def test_log_metrics_and_close_on_exception(tmp_path):
-    logger = TensorBoardLogger(tmp_path, log_every=2)
+    logger = LogCallback([TensorBoard(tmp_path)], log_every=2)
 
     class Boom(Callback):
         def on_step_end(self, trainer):
@@ -197,7 +197,7 @@ def test_log_metrics_and_close_on_exception(tmp_path):
 
     with pytest.raises(RuntimeError, match="boom"):
         make_trainer([logger, Boom()], max_steps=10, log_every=2).fit()
-    assert logger._writer is None  # closed: everything is on disk
+    assert logger.loggers[0]._writer is None  # closed: everything is on disk
     acc = read_events(tmp_path)
     assert steps_of(acc, "loss/D") == [0, 2]
     assert [(e.step, e.value) for e in acc.Scalars("metric/fid")] == [(3, 12.5)]
@@ -206,14 +206,14 @@ def test_log_metrics_and_close_on_exception(tmp_path):
 
 def test_logger_rejects_bad_options(tmp_path):
     with pytest.raises(ConfigError, match="log_every"):
-        TensorBoardLogger(tmp_path, log_every=0)
+        LogCallback([TensorBoard(tmp_path)], log_every=0)
     with pytest.raises(ConfigError, match="'layers'"):
-        TensorBoardLogger(tmp_path, log_every=1, hparams={"layers": [1, 2]})
+        LogCallback([TensorBoard(tmp_path)], log_every=1, hparams={"layers": [1, 2]})
 
 
 def test_resume_purges_points_past_the_checkpoint(tmp_path):
     """A run crashed at step 10 after a checkpoint at 5; the resumed run rewrites steps 5 and 6."""
-    first = TensorBoardLogger(tmp_path, log_every=1)
+    first = LogCallback([TensorBoard(tmp_path)], log_every=1)
 
     class Metrics(Callback):
         def __init__(self, logger):
@@ -224,7 +224,7 @@ def test_resume_purges_points_past_the_checkpoint(tmp_path):
                 self.logger.log_metrics({"fid": float(trainer.state.step)}, trainer.state.step)
 
     make_trainer([first, Metrics(first)], max_steps=10, log_every=1).fit()
-    resumed = TensorBoardLogger(tmp_path, log_every=1)
+    resumed = LogCallback([TensorBoard(tmp_path)], log_every=1)
     trainer = make_trainer([resumed], max_steps=7, log_every=1)
     trainer.state.step = 5
     trainer.fit()
@@ -236,7 +236,7 @@ def test_resume_purges_points_past_the_checkpoint(tmp_path):
 
 def test_logger_warns_when_grad_norms_cannot_appear(tmp_path):
     with pytest.warns(UserWarning, match="not a multiple of trainer.log_every=2"):
-        make_trainer([TensorBoardLogger(tmp_path, log_every=3)], max_steps=1, log_every=2).fit()
+        make_trainer([LogCallback([TensorBoard(tmp_path)], log_every=3)], max_steps=1, log_every=2).fit()
 
 
 # -- samples ----------------------------------------------------------------------------------------
@@ -251,7 +251,8 @@ def test_sampling_leaves_training_bit_identical(tmp_path):
     plain.fit()
     rng_plain = torch.get_rng_state()
     sampled = make_trainer(max_steps=6, generator_cls=NoisyGenerator)
-    callback = SampleCallback(tmp_path, every=2, generator_fn=lambda: sampled.gan.generator, latent_dim=2,
+    callback = SampleCallback(tmp_path, every=2, generator_fn=lambda: sampled.network("G").module,
+                              prior=LatentPrior((2,)),
                               kind="points", num=100, size=32)
     sampled.callbacks = CallbackList([callback])
     sampled.fit()
@@ -278,7 +279,7 @@ def test_image_samples_fixed_noise_eval_mode_and_flags_restored(tmp_path):
     module = Recording()
     module.train()
     module.inner.eval()  # a submodule the user put in eval on purpose stays so
-    callback = SampleCallback(tmp_path, every=1, generator_fn=lambda: module, latent_dim=3, kind="images", num=6)
+    callback = SampleCallback(tmp_path, every=1, generator_fn=lambda: module, prior=LatentPrior((3,)), kind="images", num=6)
     assert torch.equal(callback.noise, torch.randn(6, 3, generator=torch.Generator().manual_seed(1234)))
     first, second = callback.write(1), callback.write(2)
     assert module.calls == [(False, False, False)] * 2
@@ -292,8 +293,8 @@ def test_image_samples_fixed_noise_eval_mode_and_flags_restored(tmp_path):
 
 def test_sample_kind_checks(tmp_path):
     with pytest.raises(ConfigError, match="kind"):
-        SampleCallback(tmp_path, every=1, generator_fn=Recording, latent_dim=3, kind="video")
-    callback = SampleCallback(tmp_path, every=1, generator_fn=Recording, latent_dim=3, kind="points", num=4)
+        SampleCallback(tmp_path, every=1, generator_fn=Recording, prior=LatentPrior((3,)), kind="video")
+    callback = SampleCallback(tmp_path, every=1, generator_fn=Recording, prior=LatentPrior((3,)), kind="points", num=4)
     with pytest.raises(ConfigError, match=r"\(N, 2\)"):
         callback.write(1)
 
@@ -375,7 +376,7 @@ def test_progress_bar_when_forced(capsys):
     err = capsys.readouterr().err
     assert "4/4" in err and "loss/D=" in err and "step 2/4" not in err
     assert bar.bar is None  # closed
-    with pytest.raises(ConfigError, match="mode"):
+    with pytest.raises(ConfigError, match="trainer.progress must be one of auto, always, never, got 'sometimes'"):
         ProgressBar(mode="sometimes")
 
 
@@ -393,3 +394,25 @@ def test_progress_announces_discarded_updates(capsys, mode):
     assert warnings == ["warning: step 0: non-finite G update discarded (trainer.on_nan=skip); later ones are "
                         "counted in skipped/G and in the total at the end",
                         "warning: non-finite updates discarded (trainer.on_nan=skip), per phase: G 2"]
+
+
+def test_without_a_terminal_a_line_is_printed_at_least_every_print_seconds(capsys):
+    # print_every=1000 would print nothing in 4 steps; print_seconds=0 makes every step due by time.
+    make_trainer([ProgressBar(mode="never", print_every=1000, print_seconds=0.0)], max_steps=4).fit()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all("loss/D=" in line and "loss/G=" in line for line in lines)
+
+
+def test_the_run_summary_names_the_run_dir_first_and_what_it_did_last(tmp_path, caplog):
+    import logging
+
+    from alttrain.callbacks.summary import RunSummary
+
+    summary = RunSummary(tmp_path, lambda: {"fid": 9.2333, "classes_covered": 10.0}, lambda: tmp_path / "last.pt")
+    with caplog.at_level(logging.INFO, logger="alttrain"):
+        make_trainer([summary], max_steps=3).fit()
+    lines = [r.getMessage() for r in caplog.records if r.name == "alttrain"]
+    assert lines[0] == f"run dir: {tmp_path}  (watch it: tensorboard --logdir {tmp_path})"
+    assert lines[-1].startswith("done at step 3/3: 3 steps in 0:0") and " steps/s; " in lines[-1]
+    assert lines[-1].endswith(f"; fid 9.233, classes_covered 10; checkpoint {tmp_path / 'last.pt'}")

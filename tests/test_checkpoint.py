@@ -19,7 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from alttrain.checkpoint import (
+from alttrain.errors import CheckpointError, NonFiniteError
+from alttrain.persist.checkpoint import (
     list_step_checkpoints,
     load_checkpoint,
     load_into,
@@ -27,8 +28,7 @@ from alttrain.checkpoint import (
     save_checkpoint,
     save_rotating,
 )
-from alttrain.errors import CheckpointError, NonFiniteError
-from alttrain.rng import capture_rng_state, restore_rng_state
+from alttrain.scale.rng import capture_rng_state, restore_rng_state
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -313,7 +313,7 @@ def test_crash_during_write_leaves_previous_file(tmp_path, monkeypatch):
         raise OSError("No space left on device")
 
     monkeypatch.setattr(torch, "save", half_then_crash)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match=f"cannot write checkpoint {path}: No space left on device"):
         save_checkpoint(make_payload(step=2), path)
     assert path.read_bytes() == good
     assert load_checkpoint(path)["step"] == 1
@@ -324,7 +324,7 @@ CHILD = textwrap.dedent(
     """
     import io, sys, time, torch
     from pathlib import Path
-    from alttrain.checkpoint import save_rotating
+    from alttrain.persist.checkpoint import save_rotating
     ckpt_dir, paused = Path(sys.argv[1]), Path(sys.argv[2])
     save_rotating({"step": 1, "w": torch.arange(100_000.0)}, ckpt_dir, step=1)
     real_save = torch.save

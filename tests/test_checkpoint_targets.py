@@ -4,12 +4,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from conftest import ROOT, SCRIPTS
 from omegaconf import OmegaConf
 
 from alttrain.errors import CheckpointError
 from alttrain.persist.targets import check_targets, shipped_model_targets
-from conftest import ROOT, SCRIPTS
 
 
 def node(text: str):
@@ -50,8 +49,9 @@ def test_interpolations_in_a_stored_config_are_refused():
 
 @pytest.fixture(scope="module")
 def ring_checkpoint(tmp_path_factory):
-    from alttrain.app import train
     from conftest import RING8, compose_config
+
+    from alttrain.run.app import train
 
     out = tmp_path_factory.mktemp("run")
     train(compose_config(*RING8, "debug=default", "trainer.max_steps=2", "trainer.progress=never",
@@ -61,7 +61,7 @@ def ring_checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("evil", ["builtins.open", "io.open", "os.makedirs"])
 def test_sample_script_refuses_a_nested_target_and_runs_nothing(tmp_path, ring_checkpoint, evil):
-    from alttrain.checkpoint import load_checkpoint, save_checkpoint
+    from alttrain.persist.checkpoint import load_checkpoint, save_checkpoint
 
     payload = load_checkpoint(ring_checkpoint)
     victim = tmp_path / "created_by_the_checkpoint"

@@ -9,21 +9,21 @@ import os
 
 import pytest
 import torch
+from conftest import RING8, compose_config
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from alttrain import losses
-from alttrain.app import train
-from alttrain.build import build_components
-from alttrain.checkpoint import load_checkpoint
-from alttrain.compile import compile_backend, needs_double_backward
 from alttrain.data import ring8
+from alttrain.engine.network import build_network
+from alttrain.engine.phase import Phase
+from alttrain.engine.trainer import Trainer
 from alttrain.errors import ConfigError
+from alttrain.games import losses
+from alttrain.games.terms import DiscriminatorLoss, GeneratorLoss, R1Penalty
 from alttrain.models import MLPDiscriminator, MLPGenerator
-from alttrain.network import build_network
-from alttrain.objectives import DiscriminatorLoss, GANPair, GeneratorLoss, R1Penalty
-from alttrain.phases import Phase
-from alttrain.trainer import Trainer
-from conftest import RING8, compose_config
+from alttrain.persist.checkpoint import load_checkpoint
+from alttrain.run.app import train
+from alttrain.run.build import build_components
+from alttrain.scale.compile import compile_backend, needs_double_backward
 
 
 def make_trainer(backend, max_steps: int) -> Trainer:
@@ -38,7 +38,7 @@ def make_trainer(backend, max_steps: int) -> Trainer:
               Phase("R1", d, R1Penalty(gamma=1.0), every=2, weight=2),  # double backward: eager D
               Phase("Dhead", d, DiscriminatorLoss(losses.d_hinge), groups=("head",), every=3)]
     # audit: after every phase, whatever was idle is bit-identical (flags are flipped outside compiled code).
-    return Trainer([g, d], phases, GANPair(G, D, 2, 32), ring8(batch_size=32).stream(seed=0), max_steps=max_steps,
+    return Trainer([g, d], phases, ring8(batch_size=32).stream(seed=0), max_steps=max_steps,
                    compile=backend, audit=True)
 
 

@@ -8,11 +8,24 @@ import numpy as np
 import pytest
 import torch
 
-from alttrain.data import IndexedSource, cifar10, digits, grid25, image_folder, mnist, ring8
+from alttrain.data import (
+    IndexedSource,
+    cifar10,
+    digits,
+    grid25,
+    image_folder,
+    mnist,
+    ring8,
+)
 from alttrain.errors import CheckpointError, ConfigError, DataError
 
 
 def take(stream, k):
+    """The samples of the next ``k`` batches."""
+    return [b.samples for b in take_batches(stream, k)]
+
+
+def take_batches(stream, k):
     return [next(stream) for _ in range(k)]
 
 
@@ -24,14 +37,17 @@ def save_and_reload(state, tmp_path):
 
 
 def assert_resumes_exactly(source, tmp_path, before, after, rank=0, world_size=1):
-    reference = take(source.stream(seed=7, rank=rank, world_size=world_size), before + after)
+    reference = take_batches(source.stream(seed=7, rank=rank, world_size=world_size), before + after)
     first = source.stream(seed=7, rank=rank, world_size=world_size)
     take(first, before)
     state = save_and_reload(first.state_dict(), tmp_path)
     resumed = source.stream(seed=7, rank=rank, world_size=world_size)
     resumed.load_state_dict(state)
-    for expected, got in zip(reference[before:], take(resumed, after)):
-        assert torch.equal(expected, got)
+    for expected, got in zip(reference[before:], take_batches(resumed, after)):
+        assert torch.equal(expected.samples, got.samples)
+        assert (expected.labels is None) == (got.labels is None)
+        if expected.labels is not None:  # labelled streams resume their labels exactly too
+            assert torch.equal(expected.labels, got.labels)
 
 
 def index_source(size, batch_size):
@@ -109,9 +125,9 @@ def test_toy_resume_is_exact(tmp_path):
 
 def test_toy_ranks_and_seeds_give_different_batches():
     source = ring8(batch_size=8)
-    a = next(source.stream(seed=0, rank=0, world_size=2))
-    b = next(source.stream(seed=0, rank=1, world_size=2))
-    c = next(source.stream(seed=1, rank=0, world_size=2))
+    a = next(source.stream(seed=0, rank=0, world_size=2)).samples
+    b = next(source.stream(seed=0, rank=1, world_size=2)).samples
+    c = next(source.stream(seed=1, rank=0, world_size=2)).samples
     assert not torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -123,9 +139,9 @@ def test_streams_leave_the_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), before)
     # ...and do not read it either: batches are the same whatever the global seed.
     torch.manual_seed(1)
-    a = next(ring8().stream(seed=0))
+    a = next(ring8().stream(seed=0)).samples
     torch.manual_seed(2)
-    assert torch.equal(a, next(ring8().stream(seed=0)))
+    assert torch.equal(a, next(ring8().stream(seed=0)).samples)
 
 
 # ---- finite sets: shuffling, sharding, resume -------------------------------------------------
@@ -151,7 +167,7 @@ def test_uneven_sizes_drop_to_equal_shards_and_whole_batches():
     assert stream.batches_per_epoch == 8
     first_epoch = torch.cat(take(stream, 8)).flatten()
     assert len(set(first_epoch.tolist())) == 32
-    epoch_two = next(stream)
+    epoch_two = next(stream).samples
     assert stream.state_dict()["epoch"] == 1 and stream.state_dict()["cursor"] == 1
     assert epoch_two.shape == (4, 1)
 
@@ -193,7 +209,7 @@ def test_digits_are_sklearn_digits_scaled_to_minus_one_one():
 def test_digits_batches_have_the_requested_shape_and_range():
     source = digits(batch_size=16, image_size=32)
     assert source.sample_shape == (1, 32, 32) and source.size == 1797
-    batch = next(source.stream(seed=0))
+    batch = next(source.stream(seed=0)).samples
     assert batch.shape == (16, 1, 32, 32) and batch.dtype == torch.float32
     assert batch.min() >= -1 and batch.max() <= 1
     assert batch.min() == -1  # background corners stay exactly at the bottom of the range
@@ -227,7 +243,7 @@ def test_mnist_reads_local_idx_files(tmp_path):
     assert source.size == 4 and source.labels.tolist() == [3, 1, 4, 1]
     expected = torch.from_numpy(images).float()[:, None] / 127.5 - 1
     assert torch.equal(source.fetch(torch.arange(4)), expected)
-    batch = next(mnist(tmp_path, batch_size=2, image_size=32).stream(seed=0))
+    batch = next(mnist(tmp_path, batch_size=2, image_size=32).stream(seed=0)).samples
     assert batch.shape == (2, 1, 32, 32) and batch.min() >= -1 and batch.max() <= 1
 
 
@@ -261,9 +277,9 @@ def test_image_folder_resizes_crops_and_scales(tmp_path):
     # Solid colours survive resizing exactly: (255, 0, 51) -> (1, -1, 51 / 127.5 - 1).
     for channel, value in enumerate([1.0, -1.0, 51 / 127.5 - 1]):
         assert torch.equal(first[channel], torch.full((16, 16), value))
-    assert next(source.stream(seed=0)).shape == (3, 3, 16, 16)
+    assert next(source.stream(seed=0)).samples.shape == (3, 3, 16, 16)
     gray = image_folder(tmp_path, batch_size=2, image_size=8, channels=1)
-    assert next(gray.stream(seed=0)).shape == (2, 1, 8, 8)
+    assert next(gray.stream(seed=0)).samples.shape == (2, 1, 8, 8)
 
 
 def test_image_folder_resume_is_exact(tmp_path):
@@ -278,4 +294,4 @@ def test_image_folder_unreadable_file_names_it(tmp_path):
     (tmp_path / "x/broken.png").write_bytes(b"not a png")
     source = image_folder(tmp_path, batch_size=1, image_size=4)
     with pytest.raises(DataError, match="broken.png"):
-        next(source.stream(seed=0))
+        next(source.stream(seed=0)).samples

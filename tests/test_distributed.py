@@ -1,7 +1,7 @@
 """Data-parallel training: two gloo processes on the CPU, through the same entry the CLI uses.
 
 One module-scoped spawn (``torch.multiprocessing.spawn``) starts a real process group and runs
-``alttrain.app.train`` on both ranks: fresh, then resumed. ``ALTTRAIN_SLOW_TESTS=1`` also runs
+``alttrain.run.app.train`` on both ranks: fresh, then resumed. ``ALTTRAIN_SLOW_TESTS=1`` also runs
 ``torchrun`` of ``scripts/train.py``. Everything else runs in-process.
 """
 
@@ -20,24 +20,31 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import RING8, ROOT, SCRIPTS, compose_config
 from hydra.core.utils import setup_globals
 from omegaconf import OmegaConf
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-from alttrain import distributed
-from alttrain.checkpoint import load_checkpoint
 from alttrain.data import ring8
-from alttrain.distributed import DistContext, ReplicaDivergence, Replicas, fingerprint, replica_tensors, zero_tie
+from alttrain.engine.network import build_network
+from alttrain.engine.phase import Phase
+from alttrain.engine.trainer import Trainer
+from alttrain.engine.views import zero_tie
 from alttrain.errors import ConfigError
+from alttrain.games import losses
+from alttrain.games.terms import GeneratorLoss
 from alttrain.models import MLPDiscriminator, MLPGenerator
 from alttrain.models.dcgan import DCGANDiscriminator
-from alttrain.network import build_network
-from alttrain.objectives import GANPair, GeneratorLoss
-from alttrain import losses
-from alttrain.phases import Phase
-from alttrain.trainer import Trainer
-from conftest import RING8, ROOT, SCRIPTS, compose_config
+from alttrain.persist.checkpoint import load_checkpoint
+from alttrain.scale import distributed, processes
+from alttrain.scale.distributed import (
+    ReplicaDivergence,
+    Replicas,
+    fingerprint,
+    replica_tensors,
+)
+from alttrain.scale.processes import DistContext
 
 WORLD = 2
 # 4 steps of ring8 with small MLPs: D accumulates 2 micro-batches, a lazy R1 phase every 2 steps
@@ -48,6 +55,12 @@ RUN = (*RING8, "debug=default", "model.hidden_dim=16", "data.batch_size=64", "tr
        "+trainer.phases.R1={network: discriminator, loss: r1, every: 2, weight: 2}")
 
 
+# The three-network experiment, shrunk.
+BIGAN = ("experiment=bigan_ring8", "debug=default", "model.hidden_dim=16", "data.batch_size=64", "trainer.max_steps=4",
+         "trainer.checkpoint_every=2", "trainer.log_every=2", "trainer.sample_every=0", "metrics.num_samples=200",
+         "trainer.progress=never", "trainer.phases.R1.every=2", "trainer.phases.R1.weight=2")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,18 +68,18 @@ def free_port() -> int:
 
 
 def _rank_main(rank: int, port: int, out: Path) -> None:
-    """One of two ranks: the agreement primitives, then ``alttrain.app.train`` twice (4 steps; a resume from 2)."""
+    """One of two ranks: the agreement primitives, then ``alttrain.run.app.train`` twice (4 steps; a resume from 2)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    ctx = distributed.setup()  # as scripts/train.py does before Hydra starts
+    ctx = processes.setup()  # as scripts/train.py does before Hydra starts
     try:
         assert (ctx.rank, ctx.world_size, ctx.is_main) == (rank, WORLD, rank == 0)
-        assert distributed.setup() == ctx  # idempotent: app.train calls it again
+        assert processes.setup() == ctx  # idempotent: app.train calls it again
         _check_agreement(ctx, out)
         _train_twice(rank, out)
     finally:
-        distributed.teardown()
+        processes.teardown()
 
 
 def _check_agreement(ctx: DistContext, out: Path) -> None:
@@ -74,8 +87,8 @@ def _check_agreement(ctx: DistContext, out: Path) -> None:
     setup_globals()  # Hydra re-registers its ${now:} resolver at every launch
     time.sleep(0.01 * rank)
     stamp = OmegaConf.create({"dir": "${now:%H-%M-%S-%f}"}).dir
-    assert len(set(distributed._all_gather_bytes(stamp.encode()))) == 1  # rank 0's clock everywhere
-    assert distributed.agree_run_dir(out / f"clock-{rank}") == out / "clock-0"
+    assert len(set(processes.all_gather_bytes(stamp.encode()))) == 1  # rank 0's clock everywhere
+    assert processes.agree_run_dir(out / f"clock-{rank}") == out / "clock-0"
     replicas = Replicas(ctx, torch.device("cpu"))
     assert replicas.any(rank == 1) and not replicas.any(False)
     bn = nn.BatchNorm1d(3)
@@ -93,17 +106,20 @@ def _check_agreement(ctx: DistContext, out: Path) -> None:
 
 def _train_twice(rank: int, out: Path) -> None:
     """After each run, dump this rank's replica tensors and how often each DDP wrapper all-reduced."""
-    from alttrain.app import train
+    from alttrain.run.app import train
 
     fit, runs = Trainer.fit, []
 
     def counting_fit(self):
         reductions, hooked = {}, set()
-        for phase, wrapper in self.ddp.items():
-            if id(wrapper) not in hooked:  # one hook per wrapper: R1 shares D's
-                hooked.add(id(wrapper))
-                reductions[phase] = 0
-                wrapper.register_comm_hook((reductions, phase), counting_hook)
+        for phase, wrappers in self.views.ddp.items():
+            trained = next(p.networks for p in self.phases if p.name == phase)
+            for network, wrapper in zip([n.name for n in trained], wrappers):
+                if id(wrapper) not in hooked:  # one hook per wrapper: R1 shares D's
+                    hooked.add(id(wrapper))
+                    key = phase if len(wrappers) == 1 else f"{phase}.{network}"
+                    reductions[key] = 0
+                    wrapper.register_comm_hook((reductions, key), counting_hook)
         state = fit(self)
         torch.save({"tensors": dict(replica_tensors(self.networks, self.ema)), "reductions": reductions},
                    out / f"{runs[-1]}-rank{rank}.pt")
@@ -121,6 +137,12 @@ def _train_twice(rank: int, out: Path) -> None:
     dist.barrier()  # rank 0 has written its last checkpoint
     runs.append("resumed")
     train(compose_config(*RUN, f"resume={out / 'first0' / 'checkpoints' / 'step_00000002.pt'}"), out / f"resumed{rank}")
+    dist.barrier()
+    runs.append("bigan")  # three networks, a phase that trains two of them, a lazy R1 phase
+    train(compose_config(*BIGAN), out / f"bigan{rank}")
+    dist.barrier()
+    runs.append("reuse")  # one G forward per step (D without accumulation), its graph through G's DDP wrapper
+    train(compose_config(*[o for o in RUN if "accumulate" not in o], "trainer.reuse_fakes=true"), out / f"reuse{rank}")
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +150,7 @@ def two_rank_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     mp.spawn(_rank_main, args=(free_port(), out), nprocs=WORLD)
     dumps = {run: [torch.load(out / f"{run}-rank{r}.pt", weights_only=True) for r in range(WORLD)]
-             for run in ("first", "resumed")}
+             for run in ("first", "resumed", "bigan", "reuse")}
     return out, dumps
 
 
@@ -152,6 +174,25 @@ def test_two_processes_hold_identical_replicas_and_sync_once_per_update(two_rank
     # 4 steps: D 4 updates of 2 micro-batches each, R1 2 updates, G 4: one all-reduce per update.
     # Syncing every micro-batch would make D's wrapper reduce 4 * 2 + 2 = 10 times.
     assert ranks[0]["reductions"] == ranks[1]["reductions"] == {"D": 4 + 2, "G": 4}
+
+
+def test_three_networks_on_two_processes_stay_identical_with_one_reduce_per_network_update(two_rank_run):
+    out, dumps = two_rank_run
+    ranks = dumps["bigan"]
+    assert_identical(ranks[0]["tensors"], ranks[1]["tensors"])
+    names = {k.split(".")[0] for k in ranks[0]["tensors"]}
+    assert {"generator", "encoder", "discriminator"} <= names
+    # D: 4 updates + 2 R1 updates on one wrapper; EG: 4 updates, each of its two networks all-reduced once.
+    assert ranks[0]["reductions"] == {"D": 4 + 2, "EG.generator": 4, "EG.encoder": 4}
+    ckpt = load_checkpoint(out / "bigan0" / "checkpoints" / "last.pt")
+    assert ckpt["trainer"]["phase_updates"] == {"D": 4, "EG": 4, "R1": 2}
+
+
+def test_reused_fakes_on_two_processes_stay_identical(two_rank_run):
+    _, dumps = two_rank_run
+    ranks = dumps["reuse"]
+    assert_identical(ranks[0]["tensors"], ranks[1]["tensors"])
+    assert ranks[0]["reductions"] == {"D": 4 + 2, "G": 4}  # still one all-reduce per update
 
 
 def test_rank_zero_writes_the_only_run_dir_and_counts_global_samples(two_rank_run):
@@ -218,8 +259,8 @@ def test_torchrun_on_the_digits_evaluates_and_finishes(tmp_path):
 
 def test_without_torchrun_there_is_one_rank_and_no_replicas(tmp_path, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert distributed.setup() == DistContext() and not dist.is_initialized()
-    assert distributed.agree_run_dir(tmp_path) == tmp_path
+    assert processes.setup() == DistContext() and not dist.is_initialized()
+    assert processes.agree_run_dir(tmp_path) == tmp_path
     assert distributed.make_replicas(torch.device("cpu"), sync_batchnorm=True) is None
 
 
@@ -269,9 +310,9 @@ class Probe:
     def __init__(self):
         self.seen = []
 
-    def __call__(self, gan, real):
-        self.seen.append(real)
-        return gan.discriminator(real).square().mean(), {}
+    def __call__(self, game, batch):
+        self.seen.append(batch.samples)
+        return game.score("discriminator", batch.samples).square().mean(), {}
 
 
 def test_accumulation_averages_micro_batch_gradients_and_counts_one_update():
@@ -283,7 +324,7 @@ def test_accumulation_averages_micro_batch_gradients_and_counts_one_update():
     d = build_network("discriminator", D, [{"name": "all", "params": ["*"]}], sgd)
     probe = Probe()
     phases = [Phase("D", d, probe, accumulate=3), Phase("G", g, GeneratorLoss(losses.g_nonsaturating), every=5)]
-    state = Trainer([g, d], phases, GANPair(G, D, 2, 32), ring8(batch_size=32).stream(seed=0), max_steps=1).fit()
+    state = Trainer([g, d], phases, ring8(batch_size=32).stream(seed=0), max_steps=1).fit()
     assert state.phase_updates == {"D": 1, "G": 1} and state.samples == 3 * 32
     # By hand: the mean over micro-batches of each one's gradient, then one SGD step of lr 1.
     for real in probe.seen:

@@ -4,22 +4,23 @@ import functools
 
 import pytest
 import torch
+from conftest import RING8, compose_config, payload_of
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from alttrain import losses
-from alttrain.app import make_callbacks, train
-from alttrain.build import build_components
-from alttrain.checkpoint import load_checkpoint
 from alttrain.data import ring8
-from alttrain.ema import EMA, make_ema
+from alttrain.engine.network import build_network
+from alttrain.engine.phase import Phase
+from alttrain.engine.trainer import Trainer
 from alttrain.errors import ConfigError
+from alttrain.games import losses
+from alttrain.games.terms import DiscriminatorLoss, GeneratorLoss
 from alttrain.models import MLPDiscriminator, MLPGenerator
-from alttrain.network import build_network
-from alttrain.objectives import DiscriminatorLoss, GANPair, GeneratorLoss
-from alttrain.phases import Phase
-from alttrain.trainer import Trainer, load_trainer_state
-from conftest import RING8, compose_config
+from alttrain.persist.checkpoint import load_checkpoint
+from alttrain.persist.resume import restore_trainer
+from alttrain.run.app import make_callbacks, train
+from alttrain.run.build import build_components
+from alttrain.scale.ema import EMA, make_ema
 
 
 class Tiny(nn.Module):
@@ -79,7 +80,7 @@ def setup_trainer(ema_half_life: int, n_critic: int = 2):
     phases = [Phase("D", d, DiscriminatorLoss(losses.d_logistic), repeat=n_critic),
               Phase("G", g, GeneratorLoss(losses.g_nonsaturating), accumulate=2)]
     ema = EMA(G, ema_half_life)
-    return Trainer([g, d], phases, GANPair(G, D, 2, 16), ring8(batch_size=16).stream(seed=0), max_steps=3,
+    return Trainer([g, d], phases, ring8(batch_size=16).stream(seed=0), max_steps=3,
                    ema=ema), ema
 
 
@@ -89,17 +90,17 @@ def test_the_trainer_moves_the_ema_after_each_generator_update_only():
     trainer.fit()
     assert ema.samples == 3 * 16 * 2  # G updates x batch x accumulate; D updates do not count
     # A half-life of one sample keeps 0.5 ** 32 of the old average: the EMA is G.
-    for e, g, b in zip(ema.model.parameters(), trainer.gan.generator.parameters(), before):
+    for e, g, b in zip(ema.model.parameters(), trainer.network("generator").module.parameters(), before):
         assert torch.allclose(e, g, atol=1e-8) and not torch.equal(e, b)
 
 
 def test_checkpoint_round_trip_restores_the_average_and_its_sample_count():
     trainer, ema = setup_trainer(ema_half_life=100)
     trainer.fit()
-    state = trainer.state_dict()
-    assert set(state["ema"]["model"]) == set(trainer.gan.generator.state_dict())
+    state = payload_of(trainer)
+    assert set(state["ema"]["model"]) == set(trainer.network("generator").module.state_dict())
     fresh, fresh_ema = setup_trainer(ema_half_life=100)
-    load_trainer_state(fresh, state)
+    restore_trainer(fresh, state)
     assert fresh_ema.samples == ema.samples
     assert all(torch.equal(a, b) for a, b in zip(fresh_ema.model.parameters(), ema.model.parameters()))
 

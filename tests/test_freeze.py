@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alttrain.audit import IdleAudit
+from alttrain.engine.audit import IdleAudit
+from alttrain.engine.freeze import FreezePlan
+from alttrain.engine.network import build_network
 from alttrain.errors import FreezeViolation
-from alttrain.freeze import FreezePlan
-from alttrain.network import build_network
 
 
 class Net(nn.Module):

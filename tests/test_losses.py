@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from alttrain import losses
+from alttrain.games import losses
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
@@ -142,7 +142,7 @@ def test_gradient_penalty_sends_no_gradient_to_fake_or_real_producers():
 def test_gradient_penalty_with_zero_input_gradient_is_finite():
     # ‖0‖ has no derivative; the penalty and D's gradient must still be finite (here exactly 1 and 0).
     d = Linear(W)
-    relu_d = lambda x: d(torch.relu(x))  # noqa: E731 - all inputs negative: ∇_x D = 0
+    relu_d = lambda x: d(torch.relu(x))
     gp = losses.gradient_penalty(relu_d, -images(2, 0).abs() - 1, -images(2, 1).abs() - 1)
     gp.backward()
     close(gp, 1.0)
@@ -193,8 +193,9 @@ def test_config_built_loss_terms_call_plain_partials_of_the_loss_functions(loss,
     # the builder must hand the trainer plain partials of exactly the configured functions.
     import functools
 
-    from alttrain.build import build_loss_terms
     from conftest import compose_config
+
+    from alttrain.run.build import build_loss_terms
 
     terms = build_loss_terms(compose_config(f"loss={loss}").loss)
     assert type(terms["d"].fn) is functools.partial and terms["d"].fn.func is d_fn

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from alttrain.errors import CheckpointError, ConfigError
-from alttrain.metrics import DigitsClassifier, ImageMetrics, load_digits_classifier, mode_metrics
+from alttrain.metrics import ImageMetrics, load_digits_classifier, mode_metrics
 from alttrain.metrics.classifier import DEFAULT_WEIGHTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def grid_centers() -> torch.Tensor:
 @pytest.mark.parametrize("centers", [ring_centers(), grid_centers()])
 def test_samples_on_the_centers_capture_every_mode_at_full_quality(centers):
     out = mode_metrics(centers.repeat(3, 1), centers, std=0.01)
-    assert out == {"modes": len(centers), "high_quality": 100.0, "reverse_kl": 0.0}
+    assert out == {"modes": len(centers), "high_quality": 100.0, "reverse_kl": 0.0, "mode_score": 100.0}
 
 
 @pytest.mark.parametrize("centers, std", [(ring_centers(), RING_STD), (grid_centers(), GRID_STD)])
@@ -79,7 +79,7 @@ def test_collapse_onto_one_mode_gives_one_mode_and_kl_log_k(centers):
 def test_far_away_samples_capture_nothing_and_kl_is_inf():
     samples = torch.full((100, 2), 50.0)
     out = mode_metrics(samples, ring_centers(), RING_STD)
-    assert out == {"modes": 0, "high_quality": 0.0, "reverse_kl": math.inf}
+    assert out == {"modes": 0, "high_quality": 0.0, "reverse_kl": math.inf, "mode_score": 0.0}
 
 
 def test_reverse_kl_of_a_hand_built_histogram():
@@ -204,6 +204,9 @@ def test_fid_of_the_real_set_against_itself_is_zero(metrics, split):
     out = metrics.compute(split[0])
     assert abs(out["fid"]) < 1e-3
     assert out["classes_covered"] == 10
+    # Precision/recall/density/coverage in the classifier's feature space: the set against itself.
+    assert out["precision"] == out["recall"] == out["coverage"] == 1.0
+    assert out["density"] == pytest.approx(1.0, abs=0.01)
 
 
 def test_fid_and_kid_grow_as_real_images_are_replaced_by_noise(metrics, split):
@@ -287,7 +290,37 @@ def test_a_2d_run_never_imports_torchmetrics():
     import subprocess
     import sys
 
-    code = ("import sys; import alttrain.app, alttrain.evaluate; from alttrain.metrics import mode_metrics; "
-            "assert 'torchmetrics' not in sys.modules, 'imported'; "
+    code = ("import sys; import alttrain.run.app, alttrain.metrics.evaluate; from alttrain.metrics import mode_metrics; "
+            "assert 'torchmetrics' not in sys.modules and 'torch_fidelity' not in sys.modules, 'imported'; "
             "from alttrain.metrics import ImageMetrics; assert 'torchmetrics' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- which data gets which metrics
+
+
+def test_a_2d_mixture_gets_mode_metrics_and_prdc_on_the_raw_points():
+    from alttrain.data import ring8
+    from alttrain.metrics.evaluate import Evaluator
+
+    data = ring8()
+    evaluator = Evaluator(data, None, None, num_samples=300)
+    out = evaluator.score(data.reference(300))  # the real points themselves
+    assert out["modes"] == 8 and out["precision"] == out["recall"] == out["coverage"] == 1.0
+    assert 1.0 <= out["density"] <= 1.0 + 1 / 5  # exactly 1 up to boundary ties (at most one per real ball)
+    assert evaluator.info == {"features": {"points": {
+        "extractor": "none: the raw coordinates", "resize": "none", "num_real": 300, "num_fake": 300,
+        "k": {"precision_recall": 3, "density_coverage": 5}}}}
+
+
+def test_digits_record_the_shipped_classifier_and_its_weights_hash():
+    import hashlib
+
+    from alttrain.data import digits
+    from alttrain.metrics.evaluate import Evaluator
+
+    evaluator = Evaluator(digits(), None, None, num_samples=64)
+    record = evaluator.info["features"]["digits_classifier"]
+    assert record["weights_sha256"] == hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()
+    assert (record["num_real"], record["num_fake"], record["resize"]) == (64, 64, "bilinear, antialiased, to 16x16")
+    assert "note" not in evaluator.info  # digits are scored by the classifier: no Inception note

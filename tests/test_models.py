@@ -5,9 +5,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from alttrain.engine.params import match_names
 from alttrain.errors import ConfigError
-from alttrain.models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
-from alttrain.params import match_names
+from alttrain.models import (
+    DCGANDiscriminator,
+    DCGANGenerator,
+    MLPDiscriminator,
+    MLPGenerator,
+)
 
 SIZES = [8, 16, 32, 64]
 
@@ -182,7 +187,7 @@ def test_same_seed_same_model_and_outputs(make):
         model, shape = make()
         return model, model(torch.randn(shape)), model.state_dict()
 
-    (m1, y1, s1), (m2, y2, s2) = build(), build()
+    (_, y1, s1), (_, y2, s2) = build(), build()
     assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
     assert torch.equal(y1, y2)
     weight = next(k for k in s1 if "weight" in k)

@@ -9,18 +9,22 @@ import sys
 import textwrap
 
 import pytest
+from conftest import RING8, ROOT, SCRIPTS, compose_config, env_with_pythonpath
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from alttrain.app import train
-from alttrain.checkpoint import assert_finite, list_step_checkpoints, load_checkpoint
-from conftest import RING8, ROOT, SCRIPTS, compose_config, env_with_pythonpath
+from alttrain.persist.checkpoint import (
+    assert_finite,
+    list_step_checkpoints,
+    load_checkpoint,
+)
+from alttrain.run.app import train
 
 TINY = (*RING8, "data.batch_size=64", "model.hidden_dim=32", "trainer.log_every=1",
         "trainer.sample_every=0", "metrics.num_samples=16", "trainer.progress=never")
 
 POISON = textwrap.dedent('''
     import torch
-    from alttrain.objectives import GeneratorLoss
+    from alttrain.games.terms import GeneratorLoss
 
     class PoisonedGeneratorLoss(GeneratorLoss):
         """G's loss; on the listed calls (counted from 0 in this process) its loss or its gradient is NaN."""
@@ -29,14 +33,14 @@ POISON = textwrap.dedent('''
             super().__init__(fn)
             self.calls, self.where, self.count = set(calls), where, 0
 
-        def __call__(self, gan, real):
-            loss, scalars = super().__call__(gan, real)
+        def __call__(self, game, batch):
+            loss, scalars = super().__call__(game, batch)
             hit, self.count = self.count in self.calls, self.count + 1
             if hit and self.where == "loss":
                 loss = loss * float("nan")
             elif hit:
                 # Value 0, gradient NaN: d sqrt(|x|)/dx at x = 0 is inf * 0.
-                fake = gan.fake()
+                fake, _ = game.fake(self.generator, game.batch_size)
                 loss = loss + (fake - fake.detach()).abs().sqrt().sum()
             return loss, scalars
 ''')

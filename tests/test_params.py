@@ -7,9 +7,16 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from alttrain.engine.params import (
+    GroupSpec,
+    apply_frozen,
+    compile_pattern,
+    match_names,
+    resolve_groups,
+    summary_table,
+    torch_param_groups,
+)
 from alttrain.errors import ConfigError, ParamGroupError
-from alttrain.params import (GroupSpec, apply_frozen, compile_pattern, match_names, resolve_groups,
-                             summary_table, torch_param_groups)
 
 N_BLOCKS = 12  # so that blocks.1 and blocks.10 / blocks.11 both exist
 

@@ -4,21 +4,24 @@ import functools
 
 import pytest
 import torch
+from conftest import RING8, compose_config, payload_of
+from torch import nn
 
-from alttrain import losses
-from alttrain.app import train
-from alttrain.build import build_components
-from alttrain.checkpoint import load_checkpoint
 from alttrain.data import ring8
+from alttrain.engine.batch import Batch
+from alttrain.engine.network import build_network
+from alttrain.engine.phase import Phase
+from alttrain.engine.trainer import Trainer
 from alttrain.errors import ConfigError
+from alttrain.games import losses
+from alttrain.games.terms import DiscriminatorLoss, GeneratorLoss
 from alttrain.models import MLPDiscriminator, MLPGenerator
 from alttrain.models.dcgan import DCGANDiscriminator, DCGANGenerator
-from alttrain.network import build_network
-from alttrain.objectives import DiscriminatorLoss, GANPair, GeneratorLoss
-from alttrain.phases import Phase
-from alttrain.precision import FloatOutput, Precision
-from alttrain.trainer import Trainer, load_trainer_state
-from conftest import RING8, compose_config
+from alttrain.persist.checkpoint import load_checkpoint
+from alttrain.persist.resume import restore_trainer
+from alttrain.run.app import train
+from alttrain.run.build import build_components
+from alttrain.scale.precision import FloatOutput, Precision
 
 
 def make_trainer(G, D, precision, stream, batch, d_loss=losses.d_logistic, max_steps=3):
@@ -26,7 +29,7 @@ def make_trainer(G, D, precision, stream, batch, d_loss=losses.d_logistic, max_s
     g = build_network("generator", G, [{"name": "all", "params": ["*"]}], adam)
     d = build_network("discriminator", D, [{"name": "all", "params": ["*"]}], adam)
     phases = [Phase("D", d, DiscriminatorLoss(d_loss)), Phase("G", g, GeneratorLoss(losses.g_nonsaturating))]
-    return Trainer([g, d], phases, GANPair(G, D, G.latent_dim, batch), stream, max_steps=max_steps,
+    return Trainer([g, d], phases, stream, max_steps=max_steps, batch_size=batch,
                    precision=precision, audit=True)
 
 
@@ -53,7 +56,7 @@ def test_bf16_trains_a_dcgan_with_batchnorm_on_the_cpu():
     torch.manual_seed(0)
     G = DCGANGenerator(latent_dim=8, image_size=32, channels=1, base_width=8)
     D = DCGANDiscriminator(image_size=32, channels=1, base_width=8)
-    stream = iter(lambda: torch.rand(8, 1, 32, 32) * 2 - 1, None)
+    stream = iter(lambda: Batch(torch.rand(8, 1, 32, 32) * 2 - 1), None)
     state = make_trainer(G, D, Precision("bf16"), stream, 8, max_steps=2).fit()
     assert state.phase_updates == {"D": 2, "G": 2}
     assert all(torch.isfinite(p).all() for p in list(G.parameters()) + list(D.parameters()))
@@ -73,13 +76,29 @@ def test_fp16_needs_cuda():
         build_components(compose_config(*RING8, "trainer.precision=16", "device=cpu"))
 
 
-def test_float32_logits_wrapper_only_under_mixed_precision():
+def test_float32_outputs_wrapper_only_under_mixed_precision():
     D = MLPDiscriminator(hidden_dim=4, depth=1)
-    assert Precision("32").float_logits(D) is D
-    wrapped = Precision("bf16").float_logits(D)
+    assert Precision("32").float_outputs(D) is D
+    wrapped = Precision("bf16").float_outputs(D)
     assert isinstance(wrapped, FloatOutput)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert D(torch.randn(3, 2)).dtype == torch.bfloat16 and wrapped(torch.randn(3, 2)).dtype == torch.float32
+
+
+def test_float32_outputs_reach_every_tensor_of_a_tuple_and_leave_labels_alone():
+    class TwoHeads(nn.Module):  # an auxiliary-classifier discriminator: (logit, class logits, labels back)
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 4)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return h[:, 0], h[:, 1:], torch.zeros(len(x), dtype=torch.int64)
+
+    wrapped = Precision("bf16").float_outputs(TwoHeads())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logit, classes, labels = wrapped(torch.randn(3, 2))
+    assert logit.dtype == classes.dtype == torch.float32 and labels.dtype == torch.int64
 
 
 def cpu_fp16() -> Precision:
@@ -108,12 +127,12 @@ def test_each_network_has_its_own_grad_scaler_and_checkpoints_keep_them():
     assert precision.scalers["discriminator"].get_scale() == 2.0 ** 15
     assert precision.scalers["generator"].get_scale() == 2.0 ** 16
     assert all(torch.equal(a, b) for a, b in zip(d0, D.parameters()))
-    state = trainer.state_dict()
+    state = payload_of(trainer)
     assert state["precision"]["scalers"]["discriminator"]["scale"] == 2.0 ** 15
     restored = cpu_fp16()
     fresh = make_trainer(MLPGenerator(hidden_dim=8, depth=1), MLPDiscriminator(hidden_dim=8, depth=1), restored,
                          ring8(batch_size=16).stream(seed=0), 16)
-    load_trainer_state(fresh, state)
+    restore_trainer(fresh, state)
     assert {k: s.get_scale() for k, s in restored.scalers.items()} == {"generator": 2.0 ** 16,
                                                                          "discriminator": 2.0 ** 15}
 

@@ -1,4 +1,4 @@
-"""Real runs through the same entry the CLI uses: Hydra compose -> alttrain.app.train."""
+"""Real runs through the same entry the CLI uses: Hydra compose -> alttrain.run.app.train."""
 
 import json
 import subprocess
@@ -7,11 +7,11 @@ import textwrap
 
 import pytest
 import torch
+from conftest import RING8, ROOT, SCRIPTS, compose_config, env_with_pythonpath
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from alttrain.app import train
-from alttrain.checkpoint import load_checkpoint
-from conftest import RING8, ROOT, SCRIPTS, compose_config, env_with_pythonpath
+from alttrain.persist.checkpoint import load_checkpoint
+from alttrain.run.app import train
 
 TINY = ("debug=default", "trainer.max_steps=6", "trainer.log_every=3", "trainer.sample_every=3",
         "trainer.checkpoint_every=3", "metrics.num_samples=200", "trainer.audit=true", "trainer.progress=never")
@@ -32,7 +32,8 @@ def events(run_dir):
 @pytest.mark.parametrize("loss", ["ns", "hinge", "wgan_gp", "lsgan"])
 def test_each_loss_trains_on_ring8_with_the_audit_on(tmp_path, loss):
     cfg, metrics = run(tmp_path, *RING8, f"loss={loss}")
-    assert set(metrics) == {"modes", "high_quality", "reverse_kl"}
+    assert set(metrics) == {"modes", "high_quality", "reverse_kl", "mode_score", "precision", "recall", "density",
+                            "coverage"}
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["trainer"]["step"] == 6 and ckpt["trainer"]["phase_updates"] == {"D": 6, "G": 6}
 

@@ -6,14 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from alttrain import losses
 from alttrain.data import ring8
+from alttrain.engine.batch import Batch
+from alttrain.engine.network import build_network
+from alttrain.engine.phase import Phase
+from alttrain.engine.trainer import Trainer
 from alttrain.errors import ConfigError, NonFiniteError
+from alttrain.games import losses
+from alttrain.games.terms import DiscriminatorLoss, GeneratorLoss, R1Penalty
 from alttrain.models import MLPDiscriminator, MLPGenerator
-from alttrain.network import build_network
-from alttrain.objectives import DiscriminatorLoss, GANPair, GeneratorLoss, R1Penalty
-from alttrain.phases import Phase
-from alttrain.trainer import Trainer
 
 
 class Recorder:
@@ -22,9 +23,9 @@ class Recorder:
     def __init__(self, term, log, name):
         self.term, self.log, self.name, self.needs_real = term, log, name, term.needs_real
 
-    def __call__(self, gan, real):
+    def __call__(self, game, batch):
         self.log.append(self.name)
-        return self.term(gan, real)
+        return self.term(game, batch)
 
 
 def setup(n_critic=1, r1_every=None, audit=True, d_loss=losses.d_logistic, on_nan="raise", max_steps=10,
@@ -40,7 +41,7 @@ def setup(n_critic=1, r1_every=None, audit=True, d_loss=losses.d_logistic, on_na
     if r1_every:
         phases.append(Phase("R1", d, Recorder(R1Penalty(gamma=1.0), log, "R1"), every=r1_every, weight=r1_every))
     data = ring8(batch_size=32)
-    trainer = Trainer([g, d], phases, GANPair(G, D, G.latent_dim, 32), data.stream(seed=0),
+    trainer = Trainer([g, d], phases, data.stream(seed=0),
                       max_steps=max_steps, audit=audit, on_nan=on_nan, nan_check_every=nan_check_every)
     return trainer, log
 
@@ -115,7 +116,7 @@ def test_deferred_check_runs_at_the_end_of_fit_and_on_demand():
     trainer, _ = setup(audit=False, nan_check_every=50, max_steps=2)
     trainer.fit()
     trainer.verify_finite()  # nothing recorded since the last check: passes without a sync
-    assert trainer._unchecked == []
+    assert trainer.guard.unchecked == []
 
 
 def nan_grad_at_call(bad: int, loss_fn=losses.g_nonsaturating):
@@ -154,7 +155,7 @@ def test_a_non_finite_gradient_behind_a_finite_loss_is_found_in_the_weights():
 def test_nan_check_every_must_be_a_positive_integer():
     trainer, _ = setup()
     with pytest.raises(ConfigError, match="trainer.nan_check_every must be an integer >= 1, got 0"):
-        Trainer(trainer.networks, trainer.phases, trainer.gan, trainer.stream, max_steps=1, nan_check_every=0)
+        Trainer(trainer.networks, trainer.phases, trainer.stream, max_steps=1, nan_check_every=0)
 
 
 def test_nan_skip_discards_the_update_counts_it_and_goes_on():
@@ -171,7 +172,7 @@ def test_a_schedule_that_never_trains_a_network_is_refused():
     trainer, _ = setup()
     g, d = trainer.networks
     with pytest.raises(ConfigError, match="no phase trains 'generator'"):
-        Trainer([g, d], [trainer.phases[0]], trainer.gan, trainer.stream, max_steps=1)
+        Trainer([g, d], [trainer.phases[0]], trainer.stream, max_steps=1)
     with pytest.raises(ConfigError, match="repeat must be an integer >= 1"):
         Phase("D", d, trainer.phases[0].loss, repeat=0)
 
@@ -188,13 +189,13 @@ def test_accumulation_sums_micro_batch_gradients_into_one_update():
     class RealOnly:
         needs_real = True
 
-        def __call__(self, gan, real):
-            return gan.discriminator(real).pow(2).mean(), {}
+        def __call__(self, game, batch):
+            return game.score("discriminator", batch.samples).pow(2).mean(), {}
 
-    batches = [torch.randn(4, 2) for _ in range(3)]
+    batches = [Batch(torch.randn(4, 2)) for _ in range(3)]
     w0 = D.weight.detach().clone()
     phases = [Phase("D", d, RealOnly(), accumulate=3), Phase("G", g, GeneratorLoss(losses.g_nonsaturating), every=99)]
-    Trainer([g, d], phases, GANPair(G, d.module, 2, 4), iter(batches), max_steps=1).fit()
-    x = torch.cat(batches)
+    Trainer([g, d], phases, iter(batches), max_steps=1, batch_size=4).fit()
+    x = torch.cat([b.samples for b in batches])
     expected = w0 - 0.5 * (2 * (x @ w0.T) * x).mean(0, keepdim=True)  # grad of mean (x.w)^2
     assert torch.allclose(D.weight, expected, atol=1e-6)
