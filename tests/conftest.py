@@ -15,9 +15,17 @@ SCRIPTS = ROOT / "scripts"
 RING8 = ("experiment=ring8", "~trainer.phases.R1", "model.depth=2", "trainer.ema.half_life_samples=null",
          "trainer.ema.rampup=null", "optim.generator.scheduler=null", "optim.discriminator.scheduler=null")
 
-# pytest-xdist runs one process per core: more threads per process would only contend.
+# pytest-xdist runs one process per core: more threads per process would only contend, and so would
+# the subprocesses the tests start (entry points, torchrun ranks), which inherit this environment.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+# Variants of a capability the default suite already covers once (another signal, another way to
+# corrupt a file): ALTTRAIN_SLOW_TESTS=1 runs them too.
+slow = pytest.mark.skipif(os.environ.get("ALTTRAIN_SLOW_TESTS") != "1",
+                          reason="a variant of a covered case: ALTTRAIN_SLOW_TESTS=1")
 
 
 def env_with_pythonpath(*dirs, **extra: str) -> dict[str, str]:

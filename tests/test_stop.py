@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import RING8, ROOT, SCRIPTS
+from conftest import RING8, ROOT, SCRIPTS, slow
 
 from alttrain.persist.checkpoint import load_checkpoint
 
@@ -66,7 +66,8 @@ def straight(tmp_path_factory):
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=slow),
+                                    pytest.param(signal.SIGINT, marks=slow)])
 def test_a_signal_stops_at_a_step_boundary_and_resume_auto_ends_bit_identical(tmp_path, straight, signum):
     run_dir = tmp_path / "run"
     proc, log = start(run_dir)
@@ -156,7 +157,7 @@ def test_resume_auto_starts_fresh_when_there_is_no_checkpoint_and_does_nothing_w
     assert refused.returncode == 2 and f"error: no checkpoint in directory {empty}" in refused.stderr
 
 
-@pytest.mark.parametrize("resume", [False, True])
+@pytest.mark.parametrize("resume", [False, pytest.param(True, marks=slow)])
 def test_a_second_run_into_the_same_dir_is_refused_naming_the_holder(tmp_path, resume):
     run_dir = tmp_path / "run"
     if resume:
@@ -164,7 +165,12 @@ def test_a_second_run_into_the_same_dir_is_refused_naming_the_holder(tmp_path, r
                                text=True, timeout=300)
         assert first.returncode == 0, first.stderr[-2000:]
     extra = ("resume=auto",) if resume else ()
-    holder, log = start(run_dir, *extra)
+    # The holder must still be running when the second run reaches the lock (which takes seconds of
+    # imports): it gets steps enough for minutes and is killed below.
+    log = open(tmp_path / "holder.log", "w")
+    holder = subprocess.Popen([c if not c.startswith("trainer.max_steps=") else "trainer.max_steps=1000000"
+                               for c in command(run_dir, *extra)], cwd=ROOT, env=env(), stdout=log,
+                              stderr=subprocess.STDOUT)
     lock = run_dir / ".alttrain.lock"  # the holder writes its pid there once it owns the dir
     deadline = time.monotonic() + 120
     while not (lock.exists() and lock.read_text().strip() == str(holder.pid)):
