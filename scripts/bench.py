@@ -163,7 +163,9 @@ def check_lines(args, device: str) -> list[str]:
         for impl, diff in run_worker(spec)["max_abs_diff"].items():
             verdict = "bit-identical" if diff == 0 else f"max |diff| {diff:.3g}"
             lines.append(f"- {workload}: {impl} vs {IMPLS[impl].reference} after {CHECK_STEPS} steps: {verdict}")
-            if diff > 1e-4:
+            # Inductor reorders float operations, and Adam turns a rounding-level difference in a near-zero
+            # gradient into a step of up to lr (2e-4 here): a compiled run is held to a few such steps.
+            if diff > (5e-3 if IMPLS[impl].compile else 1e-4):
                 raise SystemExit(f"error: {impl} does not compute what the plain loop computes on {workload} "
                                  f"(max |diff| {diff:.3g}); timings would compare different work")
     return lines

@@ -30,7 +30,7 @@ from alttrain.benchmarks.quality import load, mean_se, met, run_one
 MODES = {"ring8": 8, "grid25": 25, "bigan_ring8": 8}
 TARGET_HQ, TARGET_SECONDS = 95.0, 60.0
 # bigan_ring8 (three networks) is judged on coverage and on G(E(x)) returning to x's mode, not on sharpness.
-TARGET_RECON = 90.0
+TARGET_RECON = 75.0  # % of real x whose G(E(x)) lands on x's mode, in every seed (BiGAN)
 
 
 def summary(results: dict[str, list[dict]]) -> list[str]:

@@ -51,3 +51,28 @@ def payload_of(trainer) -> dict:
 @pytest.fixture
 def compose_cfg():
     return compose_config
+
+
+def assert_identical(a, b, path=""):
+    """Every tensor ``torch.equal``, every other value ``==``, the same keys everywhere; returns tensors compared."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), f"{path}: keys {list(a)} != {list(b)}"
+        return sum(assert_identical(a[k], b[k], f"{path}.{k}") for k in a)
+    if isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), path
+        return sum(assert_identical(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b)))
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{path} differs"
+        return 1
+    assert a == b, f"{path}: {a!r} != {b!r}"
+    return 0
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: bit-identical training needs a fixed thread count, and on a busy
+    2-core machine tiny tensors run several times faster on one thread than on two competing ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import RING8, compose_config
+from conftest import RING8, assert_identical, compose_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alttrain.augment import ADAController, AdaptiveAugment, DiffAugment
@@ -254,32 +254,13 @@ ADA = ("augment=ada", "augment.ada.p=0.25", "augment.ada.interval=1", "augment.a
 N = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny networks on a shared machine: a second intra-op thread only contends (runs take 5x longer).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny networks on a shared machine: a second intra-op thread only contends (runs take 5x longer).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(run_dir, *overrides):
     overrides = (*TINY, *overrides)
     return train(compose_config(*overrides), run_dir, overrides)
-
-
-def assert_identical(a, b, path=""):
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), path
-        return sum(assert_identical(a[k], b[k], f"{path}.{k}") for k in a)
-    if isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), path
-        return sum(assert_identical(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b)))
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{path} differs"
-        return 1
-    assert a == b, f"{path}: {a!r} != {b!r}"
-    return 0
 
 
 def scalars(run_dir, tag):

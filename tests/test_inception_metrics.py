@@ -46,12 +46,7 @@ RUN = ("data=cifar10", "model=dcgan", "debug=default", "data.batch_size=2", "tra
 SITECUSTOMIZE = "import torchvision.datasets.cifar as c\nc.check_integrity = lambda *args, **kwargs: True\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

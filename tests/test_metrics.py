@@ -21,14 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RING_STD, GRID_STD = 0.01, 0.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Bit-identical training needs a fixed thread count, and on a busy 2-core machine these tiny
-    # tensors run several times faster on one thread than on two competing ones.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ring_centers() -> torch.Tensor:

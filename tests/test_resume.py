@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import RING8, ROOT, SCRIPTS, compose_config
+from conftest import RING8, ROOT, SCRIPTS, assert_identical, compose_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alttrain.persist.checkpoint import (
@@ -61,21 +61,6 @@ def run(run_dir, *overrides):
 
 def last(run_dir):
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")
-
-
-def assert_identical(a, b, path=""):
-    """Every tensor ``torch.equal``, every other value ``==``, the same keys everywhere; returns tensors compared."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), f"{path}: keys {list(a)} != {list(b)}"
-        return sum(assert_identical(a[k], b[k], f"{path}.{k}") for k in a)
-    if isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), path
-        return sum(assert_identical(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b)))
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{path} differs"
-        return 1
-    assert a == b, f"{path}: {a!r} != {b!r}"
-    return 0
 
 
 def assert_same_training_state(a, b):

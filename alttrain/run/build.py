@@ -28,7 +28,7 @@ from alttrain.run.instantiate import (
     instantiate_node,
 )
 from alttrain.run.probe import probe_terms
-from alttrain.scale.compile import compile_backend
+from alttrain.scale.compile import compile_backend, warn_if_slower
 from alttrain.scale.distributed import Replicas, make_replicas
 from alttrain.scale.ema import EMA, make_ema
 from alttrain.scale.precision import Precision
@@ -157,8 +157,10 @@ def build_components(cfg: DictConfig) -> Components:
     replicas = make_replicas(device, t.get("sync_batchnorm", False), t.get("consistency_check", True),
                              t.checkpoint_every, t.get("collective_timeout", 600))
     transforms, adaptive = build_augment(cfg, data, phases, device)
+    backend = compile_backend(t.get("compile", False))
+    warn_if_slower(backend, device)
     return Components(data, networks, phases, prior.to(device) if prior is not None else None, precision, device,
-                      sampler, ema=ema, replicas=replicas, compile=compile_backend(t.get("compile", False)),
+                      sampler, ema=ema, replicas=replicas, compile=backend,
                       transforms=transforms, adaptive=adaptive)
 
 
