@@ -179,7 +179,8 @@ def earlier(tmp_path_factory):
 VARIANTS = {"new trainer key", "n_critic negative", "batch size zero", "negative group learning rate",
             "scheduler argument typo", "scheduler points decreasing", "batch larger than the data set",
             "cuda without CUDA", "resume byte flipped", "resume with other data settings", "log_every zero",
-            "phase weight negative", "sample byte flipped", "phase with network and networks"}
+            "phase weight negative", "sample byte flipped", "phase with network and networks",
+            "max_steps not a number", "resume truncated", "phase weight zero", "missing data root"}
 assert VARIANTS <= {c[0] for c in CASES}
 
 

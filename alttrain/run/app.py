@@ -84,7 +84,11 @@ def collective_failure(exc: RuntimeError, trainer: Trainer) -> str | None:
     if replicas is None:
         return None
     rank, step = replicas.ctx.rank, trainer.state.step
-    if "Timed out" in text or "timed out" in text or "Watchdog caught collective operation timeout" in text:
+    # gloo words a timeout in several ways: in a collective ("Timed out waiting ..."), and when its
+    # timeout closes a connection an all-reduce inside backward waits on ("Application timeout caused
+    # pair closure"); NCCL's watchdog in its own.
+    timeouts = ("Timed out", "timed out", "Application timeout", "Watchdog caught collective operation timeout")
+    if any(words in text for words in timeouts):
         return (f"rank {rank} waited trainer.collective_timeout={replicas.timeout_s:g} s for the other processes at "
                 f"step {step}: one of them is stuck, stopped or slower than that (rank 0's evaluations count); "
                 "find it, or raise trainer.collective_timeout")
