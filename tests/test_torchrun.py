@@ -54,8 +54,8 @@ def wait_for_events(proc, run_dir, timeout=180):
 
 def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resume_auto_is_exact(tmp_path):
     steps = "trainer.max_steps=600"
-    straight = subprocess.run(torchrun(tmp_path / "straight", steps), cwd=ROOT, env=env(), capture_output=True, text=True,
-                              timeout=400)
+    straight = subprocess.run(torchrun(tmp_path / "straight", steps), cwd=ROOT, env=env(), capture_output=True,
+                              text=True, timeout=400)
     assert straight.returncode == 0, straight.stderr[-3000:]
     run_dir = tmp_path / "run"
     log = open(tmp_path / "run.log", "w")
@@ -72,8 +72,8 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resume_auto_is_
     assert len(stops) == 1, output[-3000:]  # rank 0 says it, once
     at = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
     assert 0 < at < 600 and f"at step {at}," in stops[0]
-    resumed = subprocess.run(torchrun(run_dir, steps, "resume=auto"), cwd=ROOT, env=env(), capture_output=True, text=True,
-                             timeout=400)
+    resumed = subprocess.run(torchrun(run_dir, steps, "resume=auto"), cwd=ROOT, env=env(), capture_output=True,
+                             text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
