@@ -19,7 +19,7 @@ def options(group):
 
 def test_the_groups_offer_what_the_docs_promise():
     assert options("data") == ["cifar10", "dataset", "digits", "grid25", "image_folder", "mnist", "ring8"]
-    assert options("model") == ["bigan", "dcgan", "dcgan_acgan", "dcgan_cond", "mlp", "resnet", "resnet_cond"]
+    assert options("model") == ["bigan", "dcgan", "dcgan_acgan", "dcgan_cond", "dcgan_sn", "mlp", "resnet", "resnet_cond"]
     assert options("loss") == ["acgan", "bigan", "hinge", "lsgan", "ns", "wgan_gp"]
     assert options("experiment") == ["bigan_ring8", "digits", "digits_cond", "grid25", "resnet_cifar10", "ring8"]
     assert options("logger") == ["csv", "mlflow", "tensorboard", "wandb"]
@@ -32,7 +32,9 @@ def test_the_default_config_is_the_digits_experiment():
     cfg = compose_config()
     assert cfg.data._target_ == "alttrain.data.digits" and cfg.model.generator._target_.endswith("DCGANGenerator")
     assert cfg.trainer.phases.D.repeat == cfg.trainer.n_critic == 1
-    assert cfg.augment.kind == "ada" and cfg.trainer.ema.half_life_samples == 5000 and cfg.trainer.max_steps == 1800
+    assert cfg.augment.kind == "ada" and cfg.trainer.ema.half_life_samples == 5000 and cfg.trainer.max_steps == 2400
+    assert cfg.loss.d.fn._target_.endswith("d_hinge") and cfg.model.discriminator.norm == "spectral"
+    assert list(cfg.optim.discriminator.optimizer.betas) == list(cfg.optim.generator.optimizer.betas) == [0.0, 0.9]
 
 
 def write_mnist(root):

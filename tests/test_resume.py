@@ -147,7 +147,9 @@ def test_the_checkpoint_holds_everything_a_resume_needs(straight):
                                "skipped": {"D": 0, "G": 0}}
     assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
     assert ckpt["data"]["epoch"] == 0 and ckpt["data"]["cursor"] == N  # one real batch per D update
-    assert "running_mean" in " ".join(ckpt["models"]["discriminator"])  # BatchNorm statistics travel too
+    # Buffers travel too: G's BatchNorm statistics, D's spectral-norm power-iteration vectors.
+    assert "running_mean" in " ".join(ckpt["models"]["generator"])
+    assert "parametrizations.weight.0._u" in " ".join(ckpt["models"]["discriminator"])
     assert "trainer:\n  max_steps: 8" in ckpt["config"]
     for opt in ckpt["optimizers"].values():
         assert opt["state"], "Adam moments must be saved"
