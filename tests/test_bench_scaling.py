@@ -51,7 +51,8 @@ def test_ddp_all_reduces_four_bytes_per_parameter_once_per_update(tiny_run):
     stdout, results = tiny_run
     ddp = results["ddp"]
     # conf/model/dcgan_sn.yaml on conf/data/digits.yaml: z 64, 32x32, 1 channel, base width 16.
-    fresh = {"generator": DCGANGenerator(64, 32, 1, 16), "discriminator": DCGANDiscriminator(32, 1, 16, norm="spectral")}
+    fresh = {"generator": DCGANGenerator(64, 32, 1, 16),
+             "discriminator": DCGANDiscriminator(32, 1, 16, norm="spectral")}
     assert sorted(ddp) == sorted(fresh)
     for name, module in fresh.items():
         params = sum(p.numel() for p in module.parameters())

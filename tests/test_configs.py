@@ -19,7 +19,8 @@ def options(group):
 
 def test_the_groups_offer_what_the_docs_promise():
     assert options("data") == ["cifar10", "dataset", "digits", "grid25", "image_folder", "mnist", "ring8"]
-    assert options("model") == ["bigan", "dcgan", "dcgan_acgan", "dcgan_cond", "dcgan_sn", "mlp", "resnet", "resnet_cond"]
+    assert options("model") == ["bigan", "dcgan", "dcgan_acgan", "dcgan_cond", "dcgan_sn", "mlp", "resnet",
+                                "resnet_cond"]
     assert options("loss") == ["acgan", "bigan", "hinge", "lsgan", "ns", "wgan_gp"]
     assert options("experiment") == ["bigan_ring8", "digits", "digits_cond", "grid25", "resnet_cifar10", "ring8"]
     assert options("logger") == ["csv", "mlflow", "tensorboard", "wandb"]
