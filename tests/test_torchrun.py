@@ -153,15 +153,25 @@ def test_resuming_on_another_number_of_processes_is_refused_in_one_line(tmp_path
                                      "Watchdog caught collective operation timeout: WorkNCCL(SeqNum=9)"])
 def test_each_way_gloo_and_nccl_word_a_timeout_is_one_line(message):
     """The stuck-rank test meets these at random (the wait ends in a collective, or in backward's all-reduce)."""
-    from types import SimpleNamespace
-
     from alttrain.run.app import collective_failure
 
-    trainer = SimpleNamespace(replicas=SimpleNamespace(ctx=SimpleNamespace(rank=1), timeout_s=5.0),
-                              state=SimpleNamespace(step=75))
-    assert collective_failure(RuntimeError(message), trainer) == (
+    assert collective_failure(RuntimeError(message), rank_one_at_step_75()) == (
         "rank 1 waited trainer.collective_timeout=5 s for the other processes at step 75: one of them is stuck, "
         "stopped or slower than that (rank 0's evaluations count); find it, or raise trainer.collective_timeout")
+
+
+def test_a_lost_peer_is_its_own_line_and_other_errors_are_left_alone():
+    from alttrain.run.app import collective_failure
+
+    trainer = rank_one_at_step_75()
     lost = collective_failure(RuntimeError("Connection closed by peer [127.0.0.1]:5555"), trainer)
     assert lost.startswith("rank 1 lost its connection to another process at step 75")
     assert collective_failure(RuntimeError("CUDA out of memory"), trainer) is None
+
+
+def rank_one_at_step_75():
+    """What collective_failure reads of a trainer under torchrun: its rank, the timeout, the step."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(replicas=SimpleNamespace(ctx=SimpleNamespace(rank=1), timeout_s=5.0),
+                           state=SimpleNamespace(step=75))
