@@ -175,3 +175,28 @@ def rank_one_at_step_75():
 
     return SimpleNamespace(replicas=SimpleNamespace(ctx=SimpleNamespace(rank=1), timeout_s=5.0),
                            state=SimpleNamespace(step=75))
+
+
+WRITER = """
+import sys, time
+from alttrain.run.cli import say
+while time.time() < float(sys.argv[2]):  # both start together, as ranks failing on the same check do
+    pass
+for i in range(5000):
+    say("error: " + sys.argv[1] * 300)
+"""
+
+
+def test_error_lines_of_two_ranks_sharing_unbuffered_stderr_never_interleave():
+    """torchrun's ranks share the job's stderr; with PYTHONUNBUFFERED a ``print`` of a line is two writes, and
+    two ranks reporting the same failure spliced their lines together."""
+    read_fd, write_fd = os.pipe()  # one pipe for both, as torchrun's children write into the job's stderr
+    start = str(time.time() + 3)
+    ranks = [subprocess.Popen([sys.executable, "-c", WRITER, letter, start], env=env(), stderr=write_fd)
+             for letter in "ab"]
+    os.close(write_fd)
+    with os.fdopen(read_fd) as shared:
+        lines = shared.read().splitlines()
+    assert all(rank.wait(timeout=120) == 0 for rank in ranks)
+    assert sorted(set(lines)) == ["error: " + "a" * 300, "error: " + "b" * 300]
+    assert len(lines) == 10000

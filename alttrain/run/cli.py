@@ -29,6 +29,18 @@ class Stopped(AltTrainError):
         self.exit_code = exit_code(signum)
 
 
+def say(line: str) -> None:
+    """Write one line to stderr in a single write, so the lines of several ranks never interleave.
+
+    ``print`` writes the text and its newline separately; with unbuffered stderr (``PYTHONUNBUFFERED``, as
+    schedulers and torchrun's log redirection often set) two processes sharing the stream then splice their
+    lines together. One ``write`` of a line shorter than the pipe buffer is atomic.
+    """
+    stream = sys.stderr
+    stream.write(line + "\n")
+    stream.flush()
+
+
 def report_user_errors(fn: Callable[..., Any], *args: Any, _raise: tuple[type, ...] = (), **kwargs: Any) -> Any:
     """Call ``fn``; on :class:`AltTrainError` print one line and exit (2, or a stopped run's code).
 
@@ -42,13 +54,13 @@ def report_user_errors(fn: Callable[..., Any], *args: Any, _raise: tuple[type, .
         raise
     except Stopped as exc:
         if os.environ.get("RANK", "0") == "0":
-            print(str(exc), file=sys.stderr, flush=True)
+            say(str(exc))
         raise SystemExit(exc.exit_code) from None
     except (AltTrainError, OSError) as exc:
         if tracebacks_wanted():
             raise
         message = str(exc) if isinstance(exc, AltTrainError) else os_error_line(exc)
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        say(f"error: {message}")
         raise SystemExit(EXIT_USER_ERROR) from None
 
 
@@ -69,8 +81,8 @@ def quiet_thread_os_errors() -> None:
 
     def hook(args):
         if isinstance(args.exc_value, OSError) and not tracebacks_wanted():
-            print(f"error: in the background writer {args.thread.name if args.thread else ''}: "
-                  f"{os_error_line(args.exc_value)}", file=sys.stderr, flush=True)
+            say(f"error: in the background writer {args.thread.name if args.thread else ''}: "
+                f"{os_error_line(args.exc_value)}")
             return
         default(args)
 

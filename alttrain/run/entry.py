@@ -23,6 +23,7 @@ from alttrain.run.cli import (
     os_error_line,
     quiet_thread_os_errors,
     report_user_errors,
+    say,
 )
 from alttrain.run.objective import (
     check_objective,
@@ -58,7 +59,7 @@ def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> No
             metrics = report_user_errors(train, cfg, hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task,
                                          _raise=(NonFiniteError,) if sweeper is not None else ())
         except NonFiniteError as exc:  # one diverged trial of a sweep: a bad value, and the sweep goes on
-            print(f"warning: this trial diverged ({exc}); it reports the worst value", file=sys.stderr, flush=True)
+            say(f"warning: this trial diverged ({exc}); it reports the worst value")
             metrics, diverged = {}, True
         return objective_value(metrics, objective, diverged, (sweeper or {}).get("direction"))
 
@@ -95,7 +96,7 @@ def _hydra_errors_in_one_line(app: Callable[[], None]) -> None:
         message = user_error_line(exc)
         if wanted or message is None:
             raise
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        say(f"error: {message}")
         raise SystemExit(EXIT_USER_ERROR) from None
     finally:
         if not wanted:
@@ -188,5 +189,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         with _argv(["alttrain demo", *rest]):
             demo(rest)
     else:
-        print(f"error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        say(f"error: unknown command {command!r}\n{USAGE}")
         raise SystemExit(EXIT_USER_ERROR)
