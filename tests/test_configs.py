@@ -36,6 +36,7 @@ def test_the_default_config_is_the_digits_experiment():
     assert cfg.augment.kind == "ada" and cfg.trainer.ema.half_life_samples == 5000 and cfg.trainer.max_steps == 2400
     assert cfg.loss.d.fn._target_.endswith("d_hinge") and cfg.model.discriminator.norm == "spectral"
     assert list(cfg.optim.discriminator.optimizer.betas) == list(cfg.optim.generator.optimizer.betas) == [0.0, 0.9]
+    assert cfg.optim.discriminator.optimizer.lr == cfg.optim.generator.optimizer.lr == 6.0e-4
 
 
 def write_mnist(root):
