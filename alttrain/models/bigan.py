@@ -52,5 +52,5 @@ class JointMLPDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         h = torch.cat([x, z], dim=1)
         for layer in self.body:
-            h = F.leaky_relu(layer(h), self.negative_slope)
+            h = F.leaky_relu(layer(h), self.negative_slope, inplace=True)  # see alttrain/scale/compile.py
         return self.head(h).squeeze(1)

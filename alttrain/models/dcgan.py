@@ -109,7 +109,8 @@ class DCGANGenerator(nn.Module):
         bn = _check_norm(owner, norm, G_NORMS) == "batch"
 
         width = base_width * 2 ** (n - 1)
-        self.stem = _block(nn.ConvTranspose2d(latent_dim, width, 4, 1, 0, bias=not bn), width, bn, nn.ReLU())
+        stem = nn.ConvTranspose2d(latent_dim, width, 4, 1, 0, bias=not bn)
+        self.stem = _block(stem, width, bn, nn.ReLU())
         blocks = []
         for _ in range(n - 1):
             conv = nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=not bn)
@@ -151,7 +152,10 @@ class DCGANDiscriminator(nn.Module):
             out_ch = base_width * 2 ** i
             bn = norm == "batch" and i > 0
             conv = nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=not bn)
-            blocks.append(_block(conv, out_ch, bn, nn.LeakyReLU(0.2)))
+            # In place, as in pytorch/examples' DCGAN (nothing else reads the conv's or BatchNorm's output):
+            # the compiled backward then takes the sign from the saved activation instead of a saved
+            # boolean mask, which inductor's CPU kernels store slowly (alttrain/scale/compile.py).
+            blocks.append(_block(conv, out_ch, bn, nn.LeakyReLU(0.2, inplace=True)))
             in_ch = out_ch
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Conv2d(in_ch, 1, 4, 1, 0)

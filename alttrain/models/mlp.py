@@ -74,5 +74,5 @@ class MLPDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for layer in self.body:
-            h = F.leaky_relu(layer(h), self.negative_slope)
+            h = F.leaky_relu(layer(h), self.negative_slope, inplace=True)  # see alttrain/scale/compile.py
         return self.head(h).squeeze(1)
