@@ -1,6 +1,7 @@
 """Shared test set-up: paths, a Hydra composer, and one torch thread per test process."""
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def after_the_event_files_second(run_dir):
+    """Wait for the wall-clock second after the newest event file was opened.
+
+    TensorBoard reads a directory's event files in name order, and a name's first varying field is
+    the second its writer opened. Two writers opened in the same second sort by pid and counter
+    instead, and ``.10`` sorts before ``.9``: a resumed run would be read first. A real resume
+    starts at least one run's length after the run it continues; these test runs take under a second.
+    """
+    opened = max(int(f.name.split(".")[3]) for f in run_dir.glob("events.out.tfevents.*"))
+    while time.time() < opened + 1:
+        time.sleep(0.05)

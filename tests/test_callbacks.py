@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import after_the_event_files_second
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -224,6 +225,7 @@ def test_resume_purges_points_past_the_checkpoint(tmp_path):
                 self.logger.log_metrics({"fid": float(trainer.state.step)}, trainer.state.step)
 
     make_trainer([first, Metrics(first)], max_steps=10, log_every=1).fit()
+    after_the_event_files_second(tmp_path)  # so the resumed run's event file sorts after the first's
     resumed = LogCallback([TensorBoard(tmp_path)], log_every=1)
     trainer = make_trainer([resumed], max_steps=7, log_every=1)
     trainer.state.step = 5

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import RING8, ROOT, SCRIPTS, assert_identical, compose_config
+from conftest import RING8, ROOT, SCRIPTS, after_the_event_files_second, assert_identical, compose_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alttrain.persist.checkpoint import (
@@ -106,6 +106,7 @@ def test_half_then_resume_with_max_steps_raised_equals_a_straight_run(tmp_path, 
     run(tmp_path, *EXPERIMENTS[name], f"trainer.max_steps={N // 2}", "trainer.checkpoint_every=0")
     half = last(tmp_path)
     assert half["trainer"]["step"] == N // 2
+    after_the_event_files_second(tmp_path)
     # Second half: the same run dir, max_steps raised.
     metrics = run(tmp_path, *EXPERIMENTS[name], f"trainer.max_steps={N}", "trainer.checkpoint_every=0",
                   f"resume={tmp_path}")
