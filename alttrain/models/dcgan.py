@@ -109,8 +109,7 @@ class DCGANGenerator(nn.Module):
         bn = _check_norm(owner, norm, G_NORMS) == "batch"
 
         width = base_width * 2 ** (n - 1)
-        stem = nn.ConvTranspose2d(latent_dim, width, 4, 1, 0, bias=not bn)
-        self.stem = _block(stem, width, bn, nn.ReLU())
+        self.stem = _block(nn.ConvTranspose2d(latent_dim, width, 4, 1, 0, bias=not bn), width, bn, nn.ReLU())
         blocks = []
         for _ in range(n - 1):
             conv = nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=not bn)

@@ -19,13 +19,13 @@ On a CPU, what decides whether compile pays is what the forward saves for backwa
 applied out of place decomposes to ``where(x > 0, x, slope * x)`` and the partitioner saves the
 boolean ``x > 0`` for the backward; inductor's vectorised CPU code (AVX2 and AVX-512, torch 2.14)
 stores a bool tensor through the generic ``Vectorized<bool>`` path, 18-22x the cost of eager's store
-(0.50 ms against 0.03 ms for 32,768 elements, 4.3 ms against 0.19 ms for 262,144). Applied in place, the activation's backward
-reads the sign from its own output, which the next layer saves anyway, and no mask is stored: the
-shipped networks' LeakyReLUs work in place for that reason (eager results are bit-identical;
-``tests/test_compile.py`` checks that no shipped network's compiled forward saves a bool).
-ResNet's discriminator still saves one, for the ReLU whose output only the final sum reads. What is
-left on the MLP is the fixed cost of each compiled call (guards and AOTAutograd's runtime wrapper),
-more than an eager forward this small takes.
+(0.50 ms against 0.03 ms for 32,768 elements, 4.3 ms against 0.19 ms for 262,144). Applied in place,
+the activation's backward reads the sign from its own output, which the next layer saves anyway, and
+no mask is stored: the shipped networks' LeakyReLUs work in place for that reason (eager results are
+bit-identical; ``tests/test_compile.py`` checks that no shipped network's compiled forward saves a
+bool). ResNet's discriminator still saves one, for the ReLU whose output only the final sum reads.
+What is left on the MLP is the fixed cost of each compiled call (guards and AOTAutograd's runtime
+wrapper), more than an eager forward this small takes.
 """
 
 from __future__ import annotations

@@ -81,8 +81,7 @@ class TensorBoard(Logger):
 
         for summary in hparams_summaries(dict(hparams), dict(metrics)):
             self.writer.file_writer.add_summary(summary, step)
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, step)
+        self.log_scalars(metrics, step)
 
     def close(self) -> None:
         if self._writer is not None:
