@@ -10,7 +10,9 @@ Workloads (alttrain.benchmarks.WORKLOADS): ``mlp`` is the 2-D ring8 GAN (hidden 
 batch 256), where a framework's per-step overhead shows most; ``dcgan`` is DCGAN at 32x32 on the
 digits (batch 64). Implementations (alttrain.benchmarks.timing.IMPLS): ``plain`` is the loop people
 write (pytorch/examples: one G forward per step, its fakes scored detached by D and backpropagated by
-G) and ``plain-separate`` the same with a G forward per update; ``alttrain`` is the Trainer with its
+G) and ``plain-separate`` the same with a G forward per update; ``plain-twin`` is a second ``plain``,
+paired with it as a control (two identical loops: how far their ratio lands from 1.0 is how finely
+the other pairs resolve on the machine that day); ``alttrain`` is the Trainer with its
 defaults (``trainer.reuse_fakes`` on: plain's math), ``-separate`` without reuse (plain-separate's
 math), ``-logged`` with TensorBoard every 50 steps and a progress bar (as a user runs it), and
 ``alttrain-compile`` with ``trainer.compile=true``; ``lightning`` is manual optimization with

@@ -276,3 +276,61 @@ def test_summary_table_without_optimizer_uses_group_options():
         "body         2   1,230  0.01      no\n"
         "head         2      31     -     yes\n"
         "aux          2       2     -      no")
+
+
+# ---------------------------------------------------------------- the optimizer's step on a CPU
+
+SAME_FOREACH_CASES = [
+    (torch.optim.Adam, {}), (torch.optim.Adam, {"weight_decay": 0.1, "amsgrad": True}),
+    (torch.optim.Adam, {"maximize": True, "betas": (0.0, 0.9)}),
+    (torch.optim.AdamW, {"weight_decay": 0.05}), (torch.optim.SGD, {"lr": 0.1}),
+    (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}),
+    (torch.optim.RMSprop, {"centered": True, "momentum": 0.9}), (torch.optim.Adagrad, {}),
+    (torch.optim.Adamax, {}), (torch.optim.Adadelta, {}), (torch.optim.Rprop, {}),
+]
+
+
+def stepped(net: nn.Module, opt: torch.optim.Optimizer, steps: int = 20) -> tuple[list, dict]:
+    """Parameters and optimizer state after ``steps`` steps on the same random gradients every time."""
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for p in net.parameters():
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+    return [p.detach().clone() for p in net.parameters()], opt.state_dict()["state"]
+
+
+@pytest.mark.parametrize(("cls", "options"), SAME_FOREACH_CASES, ids=lambda c: getattr(c, "__name__", str(c)))
+def test_cpu_groups_get_the_foreach_step_which_changes_no_number(cls, options):
+    import functools
+
+    from alttrain.engine.network import build_network
+
+    ours = build_network("model", make_net(), [{"name": "all", "params": ["*"]}], functools.partial(cls, **options))
+    assert ours.optimizer.param_groups[0]["foreach"] is True
+    theirs_net = make_net()
+    theirs = cls(theirs_net.parameters(), **options)
+    assert theirs.param_groups[0]["foreach"] is None  # torch's own default: the per-tensor loop on a CPU
+    (ours_params, ours_state), (their_params, their_state) = stepped(ours.module, ours.optimizer), \
+        stepped(theirs_net, theirs)
+    assert all(torch.equal(a, b) for a, b in zip(ours_params, their_params))
+    for key, values in ours_state.items():
+        for name, value in values.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(their_state[key][name])), (key, name)
+
+
+def test_a_group_that_chooses_its_step_and_optimizers_that_round_differently_keep_torchs_choice():
+    import functools
+
+    from alttrain.engine.network import build_network
+
+    def group_options(cls, **options) -> dict:
+        net = build_network("model", make_net(), [{"name": "body", "params": ["stem.*", "blocks.*"], "foreach": False},
+                                                  {"name": "head", "params": ["head.*"]}],
+                            functools.partial(cls, **options))
+        return {g["name"]: (g.get("foreach"), g.get("fused")) for g in net.optimizer.param_groups}
+
+    assert group_options(torch.optim.Adam) == {"body": (False, None), "head": (True, None)}
+    assert group_options(torch.optim.Adam, fused=True) == {"body": (False, True), "head": (None, True)}
+    # NAdam's foreach code rounds differently from its loop: torch's default stays.
+    assert group_options(torch.optim.NAdam) == {"body": (False, None), "head": (None, None)}

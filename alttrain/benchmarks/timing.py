@@ -1,7 +1,8 @@
 """Timing the implementations of :mod:`alttrain.benchmarks`: rates, in-process pairs, the G update, correctness.
 
 An implementation is named by what it is (:data:`IMPLS`): the hand-written loop (``plain``: one G
-forward per step, as pytorch/examples writes it; ``plain-separate``: one per update), alttrain's
+forward per step, as pytorch/examples writes it; ``plain-separate``: one per update; ``plain-twin``: a
+second ``plain``, the control whose pairing with ``plain`` shows how finely a pair resolves), alttrain's
 Trainer (``alttrain`` with its default ``trainer.reuse_fakes``; ``-separate`` without it; ``-logged``
 with TensorBoard and a progress bar; ``-compile`` with inductor) and Lightning (manual optimization,
 ``-logged`` as Lightning runs by default). Each is compared with the plain loop doing the same math.
@@ -37,7 +38,7 @@ class Impl:
 
 
 IMPLS = {
-    "plain": Impl("plain"), "plain-separate": Impl("plain", reuse=False),
+    "plain": Impl("plain"), "plain-separate": Impl("plain", reuse=False), "plain-twin": Impl("plain"),
     "alttrain": Impl("alttrain"), "alttrain-logged": Impl("alttrain", logged=True),
     "alttrain-separate": Impl("alttrain", reuse=False),
     "alttrain-separate-logged": Impl("alttrain", reuse=False, logged=True),

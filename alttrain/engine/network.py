@@ -23,6 +23,12 @@ from alttrain.errors import ConfigError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
+# Optimizers whose multi-tensor (foreach) step computes, on a CPU, exactly the numbers of their
+# per-tensor loop, bit for bit (tests/test_params.py proves it for each, with its usual options).
+# NAdam, RAdam and ASGD are left out: their foreach code rounds differently (1e-7 after 30 steps).
+_SAME_FOREACH = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.RMSprop, torch.optim.Adagrad,
+                 torch.optim.Adamax, torch.optim.Adadelta, torch.optim.Rprop)
+
 
 @dataclass(eq=False)
 class Network:
@@ -93,6 +99,7 @@ def build_network(name: str, module: nn.Module, group_specs: Sequence[GroupSpec 
         opt = optimizer(torch_groups)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"cannot build the optimizer of '{name}': {exc}; check optim.{name} options") from None
+    use_foreach_on_cpu(opt)
     # torch.optim silently keeps unknown keys in a param group, so a typo such as 'lrr' would be ignored.
     for group in groups:
         unknown = sorted(set(group.options) - set(opt.defaults))
@@ -100,6 +107,24 @@ def build_network(name: str, module: nn.Module, group_specs: Sequence[GroupSpec 
             raise ConfigError(f"param group '{group.name}' of '{name}' has option '{unknown[0]}', which "
                               f"{type(opt).__name__} does not take; its options are: {', '.join(sorted(opt.defaults))}")
     return Network(name=name, module=module, groups=groups, optimizer=opt)
+
+
+def use_foreach_on_cpu(opt: torch.optim.Optimizer) -> None:
+    """Give CPU param groups the multi-tensor step (``foreach=True``) where the config left it to torch.
+
+    torch's default is its multi-tensor step on an accelerator but its per-tensor loop on a CPU,
+    which dispatches every elementwise op once per tensor: with the small tensors of a GAN that
+    dispatch is a large share of an Adam step (DCGAN's two optimizers: 1.10 ms against 0.84 ms, the MLP
+    GAN's: 0.49 ms against 0.41 ms). Only optimizers whose two steps agree bit for bit get it, so
+    nothing a run computes changes. A group that says ``foreach`` or ``fused`` itself, or is
+    ``differentiable``, keeps what it says.
+    """
+    if type(opt) not in _SAME_FOREACH:
+        return
+    for group in opt.param_groups:
+        if group.get("foreach") is None and not group.get("fused") and not group.get("differentiable") \
+                and all(p.device.type == "cpu" for p in group["params"]):
+            group["foreach"] = True
 
 
 def takes_labels(module: nn.Module) -> bool:
