@@ -1,10 +1,10 @@
-"""What flows into a step: real batches (samples, optional labels) and the latent prior that fakes start from."""
+"""What flows into a step: real batches (samples and optional labels, or named fields) and the latent prior."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any
 
 import torch
 
@@ -12,18 +12,73 @@ from alttrain.checks import check_int, is_int
 from alttrain.errors import ConfigError
 
 
-class Batch(NamedTuple):
-    """A real batch: ``samples`` ``(N, *sample_shape)`` and, for labelled data, ``labels`` ``(N,)`` int64.
+class Batch:
+    """A real batch: ``samples`` ``(N, *sample_shape)`` and, for labelled data, ``labels`` ``(N,)`` int64;
+    or, for data with several parts, named ``fields`` (``A`` and ``B`` of two domains, ``input`` and
+    ``target`` of pairs), each ``(N, ...)``.
 
-    A named tuple, so ``DataLoader``'s collation and pinning handle it as they handle tuples.
+    ``real, labels = batch`` unpacks ``(samples, labels)`` as it always has; ``batch["A"]`` reads a field
+    (``batch["samples"]`` and ``batch["labels"]`` work too). A batch with fields has no ``samples``
+    unless its data set names one. ``DataLoader`` pins it through :meth:`pin_memory`.
     """
 
-    samples: torch.Tensor
-    labels: torch.Tensor | None = None
+    __slots__ = ("samples", "labels", "fields")
+
+    def __init__(self, samples: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                 fields: Mapping[str, torch.Tensor] | None = None):
+        self.samples, self.labels = samples, labels
+        self.fields: dict[str, torch.Tensor] = dict(fields) if fields else {}
+        if samples is None and not self.fields:
+            raise ValueError("a Batch needs samples or at least one named field")
+
+    @classmethod
+    def of(cls, **fields: torch.Tensor) -> Batch:
+        """A batch of named fields: ``Batch.of(A=a, B=b)``."""
+        return cls(fields=fields)
+
+    def __iter__(self) -> Iterator[torch.Tensor | None]:
+        yield self.samples
+        yield self.labels
+
+    def __getitem__(self, key: str | int) -> torch.Tensor | None:
+        if isinstance(key, int):
+            return (self.samples, self.labels)[key]
+        if key in self.fields:
+            return self.fields[key]
+        if key in ("samples", "labels"):
+            return getattr(self, key)
+        raise KeyError(f"the batch has no field '{key}'; it has {', '.join(self.names) or 'none'}")
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.fields or (key in ("samples", "labels") and getattr(self, str(key)) is not None)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The batch's named fields (empty for a ``(samples, labels)`` batch)."""
+        return tuple(self.fields)
+
+    @property
+    def size(self) -> int:
+        """Items in the batch: the first dimension of ``samples``, else of the first field."""
+        first = self.samples if self.samples is not None else next(iter(self.fields.values()))
+        return first.shape[0]
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        return Batch(None if self.samples is None else fn(self.samples),
+                     None if self.labels is None else fn(self.labels),
+                     {k: fn(v) for k, v in self.fields.items()})
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
-        labels = None if self.labels is None else self.labels.to(device, non_blocking=non_blocking)
-        return Batch(self.samples.to(device, non_blocking=non_blocking), labels)
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self, *args: Any) -> Batch:
+        """Page-locked copies (called by ``DataLoader(pin_memory=True)``)."""
+        return self._map(lambda t: t.pin_memory(*args))
+
+    def __repr__(self) -> str:
+        parts = [f"{k}={tuple(v.shape)}" for k, v in (("samples", self.samples), ("labels", self.labels),
+                                                          *self.fields.items()) if v is not None]
+        return f"Batch({', '.join(parts)})"
 
 
 @dataclass(eq=False)

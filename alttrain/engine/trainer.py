@@ -238,7 +238,7 @@ class Trainer:
 
     def _next_batch(self) -> Batch:
         batch = next(self.stream)
-        self.state.samples += batch.samples.shape[0] * self.world_size
+        self.state.samples += batch.size * self.world_size
         return batch.to(self.device, non_blocking=True)
 
     def verify_finite(self) -> None:
